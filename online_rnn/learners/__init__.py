@@ -1,0 +1,64 @@
+"""Online learners: ``Learner(init, step)`` factories behind one contract (see :mod:`online_rnn.learners.base`).
+
+``learners.make(name, **kwargs)`` builds any registered learner by name; ``learners.names()`` lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from online_rnn.learners.base import (
+    Credit,
+    Learner,
+    LearnerState,
+    StepInfo,
+    build,
+    check_kwargs,
+    param_count,
+)
+from online_rnn.learners.rtrl import RTRLTrace, rtrl, rtrl_credit
+from online_rnn.learners.tbptt import TBPTTTrace, bptt, tbptt
+
+_REGISTRY: dict[str, Callable[..., Learner]] = {
+    "bptt": bptt,
+    "tbptt": tbptt,
+    "rtrl": rtrl,
+}
+
+
+def names() -> list[str]:
+    """Names of the registered learners."""
+    return sorted(_REGISTRY)
+
+
+def factory(name: str) -> Callable[..., Learner]:
+    """The factory registered under ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"learner: unknown name {name!r}; allowed: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def make(name: str, **kwargs: Any) -> Learner:
+    """Build a registered learner by name, e.g. ``make("tbptt", cell=..., ..., truncation=10)``."""
+    fn = factory(name)
+    check_kwargs(fn, kwargs, f"learner {name!r}")
+    return fn(**kwargs)
+
+
+__all__ = [
+    "Credit",
+    "Learner",
+    "LearnerState",
+    "RTRLTrace",
+    "StepInfo",
+    "TBPTTTrace",
+    "bptt",
+    "build",
+    "factory",
+    "make",
+    "names",
+    "param_count",
+    "rtrl",
+    "rtrl_credit",
+    "tbptt",
+]

@@ -1,0 +1,82 @@
+"""Exact real-time recurrent learning (Williams & Zipser 1989).
+
+The learner carries the influence matrix ``J_t = d s_t / d theta`` of the flattened carry ``s`` with respect to
+the flattened cell parameters ``theta`` (shape ``(|s|, |theta|)``) and updates it every step by the chain rule::
+
+    J_t = D_t + A_t J_{t-1},   D_t = d f / d theta (immediate),   A_t = d f / d s_{t-1}
+
+with ``D_t`` from ``jax.jacrev`` (|s| vector-Jacobian products) and ``A_t`` from ``jax.jacfwd`` (|s| Jacobian-
+vector products) of the cell step ``f``: no hand-written derivatives. The gradient of the step's objective
+uses the influence through the cell output ``h_t = g(theta, s_{t-1}, x_t)``::
+
+    dL/dtheta = dh (d g/d theta + d g/d s_{t-1} J_{t-1})
+
+which needs no assumption about how ``h_t`` is read from the carry. Cost per step O(|s|^2 |theta|), memory
+O(|s| |theta|): keep it small.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from online_rnn.cells import Cell
+from online_rnn.learners.base import Credit, Learner, build
+from online_rnn.objectives import Objective
+
+
+class RTRLTrace(NamedTuple):
+    influence: jax.Array  # (|s|, |theta|): d carry / d cell params
+
+
+def _sizes(cell_params, carry) -> tuple[int, int]:
+    return ravel_pytree(carry)[0].size, ravel_pytree(cell_params)[0].size
+
+
+def rtrl_credit(cell: Cell) -> Credit:
+    """Exact RTRL for ``cell`` as a :class:`Credit` rule (also used, vmapped, by the columnar learners)."""
+
+    def init(cell_params, carry, readout_params) -> RTRLTrace:
+        n_s, n_p = _sizes(cell_params, carry)
+        dtype = ravel_pytree(cell_params)[0].dtype
+        return RTRLTrace(jnp.zeros((n_s, n_p), dtype))
+
+    def step(cell_params, carry, trace: RTRLTrace, x_t, key):
+        theta, unravel_theta = ravel_pytree(cell_params)
+        s, unravel_s = ravel_pytree(carry)
+
+        def f(theta, s):
+            carry_t, h_t = cell.apply(unravel_theta(theta), unravel_s(s), x_t)
+            return ravel_pytree(carry_t)[0], h_t
+
+        (s_t, h_t), f_vjp = jax.vjp(f, theta, s)
+
+        def finish(dh, g_readout):
+            g_theta, g_s = f_vjp((jnp.zeros_like(s_t), dh))
+            grad = g_theta + g_s @ trace.influence
+            next_s = lambda s_: f(theta, s_)[0]  # noqa: E731
+            next_theta = lambda th: f(th, s)[0]  # noqa: E731
+            a_t = jax.jacfwd(next_s)(s)
+            d_t = jax.jacrev(next_theta)(theta)
+            influence = d_t + a_t @ trace.influence
+            return unravel_theta(grad), g_readout, RTRLTrace(influence)
+
+        return unravel_s(s_t), h_t, finish
+
+    return Credit(init, step)
+
+
+def rtrl(
+    cell: Cell,
+    input_size: int,
+    output_size: int,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    readout: str = "linear",
+) -> Learner:
+    """Exact RTRL learner: the influence matrix is carried in ``state.trace.influence``."""
+    return build("rtrl", cell, rtrl_credit(cell), input_size, output_size, objective, optimizer, readout)

@@ -1,0 +1,156 @@
+"""The stream contract shared by every benchmark, and the registry behind ``envs.make``.
+
+A stream is gymnax-like: pure functions of explicit state, parameters and keys, so that a stream and a learner
+compile together into one ``lax.scan`` and vmap over seeds::
+
+    env, params = envs.make("trace_conditioning")
+    obs, state = env.reset(key, params)
+    obs, signal, info, state = env.step(key, state, params)       # one step, a fresh key each step
+    state = env.feedback(state, params, prediction)               # the learner's prediction of that step
+
+Conventions every stream follows:
+
+- ``reset`` returns the stream at time 0 and carries no signal. Runners call ``reset`` once and then feed the
+  ``(obs, signal)`` of every ``step`` to the learner; streams are built so that nothing a learner needs happens
+  at time 0 (the animal-learning and copy streams start with a quiet step).
+- ``signal`` of a step belongs to that step's ``obs``: for a supervised stream (``kind == "supervised"``) it is
+  the target the learner should output after seeing ``obs_1 .. obs_t`` (an array of shape ``(signal_size,)`` or
+  an :class:`online_rnn.objectives.Target` with a per-step weight); for a prediction stream
+  (``kind == "prediction"``) it is the scalar cumulant ``c_t`` that arrives with ``obs_t``, and
+  ``info["return"]`` is ``G_t = sum_k gamma^k c_{t+1+k}``, the value that a prediction made from ``obs_t``
+  should equal.
+- Settings that fix array shapes (numbers of stimuli, buffer lengths) are constructor arguments of ``make``;
+  everything else lives in the ``EnvParams`` returned by ``make`` (a ``flax.struct`` dataclass), so that a sweep
+  can vary it (``params.replace(...)`` or a vmapped params tree) without recompiling.
+- Floats follow JAX's default float type (float64 under ``jax_enable_x64``), counters are int32, and no state
+  leaf changes shape or dtype from step to step. ``info`` is a dict with a fixed set of keys per stream.
+- ``feedback`` is the identity for every stream that does not need the learner's predictions.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+KINDS = ("prediction", "supervised")
+
+
+def float_dtype() -> Any:
+    """JAX's default float dtype at trace time (float64 under ``jax_enable_x64``, else float32)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def as_float(x: Any) -> jax.Array:
+    return jnp.asarray(x, float_dtype())
+
+
+def as_int(x: Any) -> jax.Array:
+    return jnp.asarray(x, jnp.int32)
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """A Python int >= ``minimum`` (bools rejected), else ``ValueError`` naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_range(name: str, value: Any, minimum: int = 0) -> tuple[int, int]:
+    """An inclusive integer range ``(lo, hi)`` with ``minimum <= lo <= hi``."""
+    try:
+        lo, hi = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (lo, hi) of ints, got {value!r}") from None
+    lo = check_int(f"{name}[0]", lo, minimum)
+    hi = check_int(f"{name}[1]", hi, minimum)
+    if hi < lo:
+        raise ValueError(f"{name} must satisfy lo <= hi, got {value!r}")
+    return lo, hi
+
+
+def check_probability(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_discount(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"gamma must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+class Environment:
+    """Base class of every stream. Subclasses set the attributes below in ``__init__`` and implement
+    ``default_params``, ``reset`` and ``step``.
+
+    Attributes: ``name``; ``observation_size`` (length of ``obs``); ``signal_size`` (1 for prediction streams, the
+    target length for supervised ones); ``kind`` (``"prediction"`` or ``"supervised"``); ``gamma`` (the discount
+    of ``info["return"]`` for prediction streams, ``None`` otherwise; the same value is in the params);
+    ``default_objective`` (the name of the objective in :mod:`online_rnn.objectives` that fits the stream).
+    """
+
+    name: str
+    observation_size: int
+    signal_size: int
+    kind: str
+    gamma: Optional[float] = None
+    default_objective: str
+
+    def default_params(self) -> Any:
+        raise NotImplementedError
+
+    def reset(self, key: jax.Array, params: Any) -> tuple[jax.Array, Any]:
+        raise NotImplementedError
+
+    def step(self, key: jax.Array, state: Any, params: Any) -> tuple[jax.Array, Any, dict, Any]:
+        raise NotImplementedError
+
+    def feedback(self, state: Any, params: Any, prediction: jax.Array) -> Any:
+        """Tell the stream the learner's prediction for the last step. The identity unless overridden."""
+        return state
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, observation_size={self.observation_size}, "
+            f"signal_size={self.signal_size}, kind={self.kind!r})"
+        )
+
+
+_REGISTRY: dict[str, Callable[..., Environment]] = {}
+
+
+def register(name: str, factory: Callable[..., Environment]) -> None:
+    """Register a stream factory under ``name`` (its keyword arguments are the stream's constructor arguments)."""
+    if name in _REGISTRY and _REGISTRY[name] is not factory:
+        raise ValueError(f"env: name {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    """Sorted names of the registered streams."""
+    return sorted(_REGISTRY)
+
+
+def factory(name: str) -> Callable[..., Environment]:
+    """The factory registered under ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"env: unknown name {name!r}; allowed: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def make(name: str, **kwargs: Any) -> tuple[Environment, Any]:
+    """Build a registered stream: ``env, params = make(name, **constructor_kwargs)``.
+
+    Raises ``ValueError`` naming the offending name or keyword argument and listing the allowed ones.
+    """
+    fn = factory(name)
+    allowed = list(inspect.signature(fn).parameters)
+    for key in kwargs:
+        if key not in allowed:
+            raise ValueError(f"env {name!r}: unknown argument {key!r}; allowed: {', '.join(allowed)}")
+    env = fn(**kwargs)
+    return env, env.default_params()

@@ -20,7 +20,7 @@ Dtypes follow JAX's default float type: with ``jax_enable_x64`` on, parameters a
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,12 @@ class Cell(NamedTuple):
 
     ``hidden_size`` is the length of ``h_t``; ``n_gates`` the size of the gate axis of the parameters;
     ``name`` identifies the cell in registries and result tables.
+
+    Cells with the unit-major structure also give it per unit (used by SnAp-1 and the fast column paths):
+    ``unit_apply(unit_params, unit_carry, h_tm1, x_t) -> unit_carry_t`` computes unit ``i``'s new carry from its
+    own parameter rows ``leaf[i]``, its own carry entries ``carry_leaf[i]`` and the whole previous output
+    ``h_tm1``; ``unit_output(unit_carry) -> h_i``. Then ``apply`` equals ``vmap(unit_apply)`` over units, with
+    ``h_t = vmap(unit_output)(carry_t)``. Cells without that structure leave both ``None``.
     """
 
     init: Callable[[jax.Array, int], Params]
@@ -43,6 +49,8 @@ class Cell(NamedTuple):
     hidden_size: int
     n_gates: int
     name: str
+    unit_apply: Optional[Callable[[Params, Carry, jax.Array, jax.Array], Carry]] = None
+    unit_output: Optional[Callable[[Carry], jax.Array]] = None
 
 
 class ElmanParams(NamedTuple):
@@ -75,9 +83,28 @@ def _check_size(name: str, value: Any) -> int:
     return value
 
 
-def _uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
-    bound = 1.0 / jnp.sqrt(max(fan_in, 1))
+def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
     return jax.random.uniform(key, shape, minval=-bound, maxval=bound, dtype=jnp.zeros(()).dtype)
+
+
+def _init_weights(key: jax.Array, n: int, n_gates: int, input_size: int, init_range: Optional[float]):
+    """(w_x, w_h, bias noise): the default scheme, or everything ~ U(-init_range, init_range)."""
+    kx, kh, kb = jax.random.split(key, 3)
+    if init_range is None:
+        w_x = _uniform(kx, (n, n_gates, input_size), 1.0 / float(input_size) ** 0.5)
+        return w_x, _orthogonal_per_gate(kh, n, n_gates), jnp.zeros((n, n_gates))
+    a = float(init_range)
+    return (
+        _uniform(kx, (n, n_gates, input_size), a),
+        _uniform(kh, (n, n_gates, n), a),
+        _uniform(kb, (n, n_gates), a),
+    )
+
+
+def _check_range(init_range: Optional[float]) -> Optional[float]:
+    if init_range is not None and not (isinstance(init_range, (int, float)) and init_range > 0):
+        raise ValueError(f"init_range must be a positive number or None, got {init_range!r}")
+    return init_range
 
 
 def _orthogonal_per_gate(key: jax.Array, n: int, n_gates: int) -> jax.Array:
@@ -88,11 +115,6 @@ def _orthogonal_per_gate(key: jax.Array, n: int, n_gates: int) -> jax.Array:
     return mats
 
 
-def _affine(w_x: jax.Array, w_h: jax.Array, x: jax.Array, h: jax.Array) -> jax.Array:
-    """Gate pre-activations without bias, shape (n, n_gates)."""
-    return jnp.einsum("ngi,i->ng", w_x, x) + jnp.einsum("ngm,m->ng", w_h, h)
-
-
 def _check_input(x: jax.Array, w_x: jax.Array, cell_name: str) -> None:
     if x.ndim != 1 or x.shape[0] != w_x.shape[-1]:
         raise ValueError(
@@ -100,36 +122,45 @@ def _check_input(x: jax.Array, w_x: jax.Array, cell_name: str) -> None:
         )
 
 
-def elman(hidden_size: int) -> Cell:
+def _gates(w_x: jax.Array, w_h: jax.Array, x: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Input and recurrent parts of the gate pre-activations, ``(..., n_gates)`` for all units ``(n, G, .)``
+    or one unit ``(G, .)``."""
+    return jnp.einsum("...gi,i->...g", w_x, x), jnp.einsum("...gm,m->...g", w_h, h)
+
+
+def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
     """Elman (vanilla) RNN: ``h_t = tanh(W_x x_t + W_h h_{t-1} + b)``.
 
     Initialisation: input weights ~ U(-1/sqrt(input_size), 1/sqrt(input_size)); recurrent weights orthogonal;
-    bias 0.
+    bias 0. With ``init_range=a`` every parameter is drawn from U(-a, a) instead.
     """
     n = _check_size("hidden_size", hidden_size)
+    _check_range(init_range)
 
     def init(key: jax.Array, input_size: int) -> ElmanParams:
         _check_size("input_size", input_size)
-        kx, kh = jax.random.split(key)
-        return ElmanParams(
-            w_x=_uniform(kx, (n, 1, input_size), input_size),
-            w_h=_orthogonal_per_gate(kh, n, 1),
-            b=jnp.zeros((n, 1)),
-        )
+        w_x, w_h, b = _init_weights(key, n, 1, input_size, init_range)
+        return ElmanParams(w_x=w_x, w_h=w_h, b=b)
 
     def initial_carry(params: ElmanParams) -> jax.Array:
         return jnp.zeros((n,), params.b.dtype)
 
+    def pointwise(params: ElmanParams, h_prev: jax.Array, x: jax.Array) -> jax.Array:
+        zx, zh = _gates(params.w_x, params.w_h, x, h_prev)
+        return jnp.tanh(zx[..., 0] + zh[..., 0] + params.b[..., 0])
+
     def apply(params: ElmanParams, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         _check_input(x, params.w_x, "elman")
-        z = _affine(params.w_x, params.w_h, x, h) + params.b
-        h_t = jnp.tanh(z[:, 0])
+        h_t = pointwise(params, h, x)
         return h_t, h_t
 
-    return Cell(init, initial_carry, apply, n, 1, "elman")
+    def unit_apply(p: ElmanParams, h_i: jax.Array, h_prev: jax.Array, x: jax.Array) -> jax.Array:
+        return pointwise(p, h_prev, x)
+
+    return Cell(init, initial_carry, apply, n, 1, "elman", unit_apply, lambda h_i: h_i)
 
 
-def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
+def lstm(hidden_size: int, forget_bias: float = 1.0, init_range: Optional[float] = None) -> Cell:
     """LSTM with full recurrent matrices and no peepholes (gate order i, f, o, g)::
 
         i = sigmoid(z_i), f = sigmoid(z_f), o = sigmoid(z_o), g = tanh(z_g),  z = W_x x_t + W_h h_{t-1} + b
@@ -137,39 +168,45 @@ def lstm(hidden_size: int, forget_bias: float = 1.0) -> Cell:
 
     ``lstm(1)`` is the paper's one-unit column (Appendix A, equations 1-6). Initialisation: input weights
     ~ U(-1/sqrt(input_size), 1/sqrt(input_size)); recurrent weights orthogonal per gate; biases 0 except the
-    forget gate's, ``forget_bias`` (default 1).
+    forget gate's, ``forget_bias`` (default 1). With ``init_range=a`` every weight and bias is drawn from
+    U(-a, a) and ``forget_bias`` is added to the forget gate's bias (the paper's columns: ``init_range=0.01,
+    forget_bias=0``, from the authors' code).
     """
     n = _check_size("hidden_size", hidden_size)
+    _check_range(init_range)
+    forget_bias = float(forget_bias)
 
     def init(key: jax.Array, input_size: int) -> LSTMParams:
         _check_size("input_size", input_size)
-        kx, kh = jax.random.split(key)
-        b = jnp.zeros((n, 4)).at[:, 1].set(forget_bias)
-        return LSTMParams(
-            w_x=_uniform(kx, (n, 4, input_size), input_size),
-            w_h=_orthogonal_per_gate(kh, n, 4),
-            b=b,
-        )
+        w_x, w_h, b = _init_weights(key, n, 4, input_size, init_range)
+        return LSTMParams(w_x=w_x, w_h=w_h, b=b.at[:, 1].add(forget_bias))
 
     def initial_carry(params: LSTMParams) -> LSTMCarry:
         zeros = jnp.zeros((n,), params.b.dtype)
         return LSTMCarry(h=zeros, c=zeros)
 
+    def pointwise(params: LSTMParams, c_prev: jax.Array, h_prev: jax.Array, x: jax.Array) -> LSTMCarry:
+        zx, zh = _gates(params.w_x, params.w_h, x, h_prev)
+        z = zx + zh + params.b
+        i = jax.nn.sigmoid(z[..., 0])
+        f = jax.nn.sigmoid(z[..., 1])
+        o = jax.nn.sigmoid(z[..., 2])
+        g = jnp.tanh(z[..., 3])
+        c_t = f * c_prev + i * g
+        return LSTMCarry(h=o * jnp.tanh(c_t), c=c_t)
+
     def apply(params: LSTMParams, carry: LSTMCarry, x: jax.Array) -> tuple[LSTMCarry, jax.Array]:
         _check_input(x, params.w_x, "lstm")
-        z = _affine(params.w_x, params.w_h, x, carry.h) + params.b
-        i = jax.nn.sigmoid(z[:, 0])
-        f = jax.nn.sigmoid(z[:, 1])
-        o = jax.nn.sigmoid(z[:, 2])
-        g = jnp.tanh(z[:, 3])
-        c_t = f * carry.c + i * g
-        h_t = o * jnp.tanh(c_t)
-        return LSTMCarry(h=h_t, c=c_t), h_t
+        carry_t = pointwise(params, carry.c, carry.h, x)
+        return carry_t, carry_t.h
 
-    return Cell(init, initial_carry, apply, n, 4, "lstm")
+    def unit_apply(p: LSTMParams, carry_i: LSTMCarry, h_prev: jax.Array, x: jax.Array) -> LSTMCarry:
+        return pointwise(p, carry_i.c, h_prev, x)
+
+    return Cell(init, initial_carry, apply, n, 4, "lstm", unit_apply, lambda carry_i: carry_i.h)
 
 
-def gru(hidden_size: int) -> Cell:
+def gru(hidden_size: int, init_range: Optional[float] = None) -> Cell:
     """GRU in the cuDNN / PyTorch / flax form (reset applied after the recurrent matmul)::
 
         r = sigmoid(W_xr x + W_hr h + b_r),  z = sigmoid(W_xz x + W_hz h + b_z)
@@ -177,34 +214,38 @@ def gru(hidden_size: int) -> Cell:
 
     This form keeps every unit's one-step dependence on its own parameter rows only (the structure SnAp-1
     needs). Initialisation: input weights ~ U(-1/sqrt(input_size), 1/sqrt(input_size)); recurrent weights
-    orthogonal per gate; biases 0.
+    orthogonal per gate; biases 0. With ``init_range=a`` every weight and bias is drawn from U(-a, a).
     """
     n = _check_size("hidden_size", hidden_size)
+    _check_range(init_range)
 
     def init(key: jax.Array, input_size: int) -> GRUParams:
         _check_size("input_size", input_size)
-        kx, kh = jax.random.split(key)
-        return GRUParams(
-            w_x=_uniform(kx, (n, 3, input_size), input_size),
-            w_h=_orthogonal_per_gate(kh, n, 3),
-            b=jnp.zeros((n, 3)),
-            b_hn=jnp.zeros((n,)),
-        )
+        k_w, k_b = jax.random.split(key)
+        w_x, w_h, b = _init_weights(k_w, n, 3, input_size, init_range)
+        b_hn = jnp.zeros((n,)) if init_range is None else _uniform(k_b, (n,), float(init_range))
+        return GRUParams(w_x=w_x, w_h=w_h, b=b, b_hn=b_hn)
 
     def initial_carry(params: GRUParams) -> jax.Array:
         return jnp.zeros((n,), params.b.dtype)
 
+    def pointwise(params: GRUParams, h_own: jax.Array, h_prev: jax.Array, x: jax.Array) -> jax.Array:
+        zx, zh = _gates(params.w_x, params.w_h, x, h_prev)
+        zx = zx + params.b
+        r = jax.nn.sigmoid(zx[..., 0] + zh[..., 0])
+        z = jax.nn.sigmoid(zx[..., 1] + zh[..., 1])
+        cand = jnp.tanh(zx[..., 2] + r * (zh[..., 2] + params.b_hn))
+        return (1.0 - z) * cand + z * h_own
+
     def apply(params: GRUParams, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         _check_input(x, params.w_x, "gru")
-        zx = jnp.einsum("ngi,i->ng", params.w_x, x) + params.b
-        zh = jnp.einsum("ngm,m->ng", params.w_h, h)
-        r = jax.nn.sigmoid(zx[:, 0] + zh[:, 0])
-        z = jax.nn.sigmoid(zx[:, 1] + zh[:, 1])
-        cand = jnp.tanh(zx[:, 2] + r * (zh[:, 2] + params.b_hn))
-        h_t = (1.0 - z) * cand + z * h
+        h_t = pointwise(params, h, h, x)
         return h_t, h_t
 
-    return Cell(init, initial_carry, apply, n, 3, "gru")
+    def unit_apply(p: GRUParams, h_i: jax.Array, h_prev: jax.Array, x: jax.Array) -> jax.Array:
+        return pointwise(p, h_i, h_prev, x)
+
+    return Cell(init, initial_carry, apply, n, 3, "gru", unit_apply, lambda h_i: h_i)
 
 
 _CELLS: dict[str, Callable[..., Cell]] = {"elman": elman, "lstm": lstm, "gru": gru}

@@ -88,3 +88,25 @@ def test_wrong_input_length_is_named():
     params = cell.init(jax.random.PRNGKey(0), 3)
     with pytest.raises(ValueError, match=r"gru.apply: x_t must have shape \(3,\)"):
         cell.apply(params, cell.initial_carry(params), jnp.ones(5))
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_unit_apply_vmapped_equals_apply(x64, name):
+    cell = cells.make(name, hidden_size=4)
+    params = cell.init(jax.random.PRNGKey(3), 2)
+    carry = jax.tree.map(lambda a: a + jnp.linspace(-0.5, 0.5, 4), cell.initial_carry(params))
+    x = jnp.array([0.3, -1.2])
+    carry_t, h_t = cell.apply(params, carry, x)
+    h_prev = jax.vmap(cell.unit_output)(carry)
+    by_unit = jax.vmap(cell.unit_apply, in_axes=(0, 0, None, None))(params, carry, h_prev, x)
+    for a, b in zip(jax.tree.leaves(by_unit), jax.tree.leaves(carry_t)):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    np.testing.assert_allclose(jax.vmap(cell.unit_output)(carry_t), h_t, rtol=1e-13)
+
+
+def test_init_range_draws_everything_uniformly(x64):
+    params = cells.lstm(3, forget_bias=0.0, init_range=0.01).init(jax.random.PRNGKey(0), 5)
+    for leaf in jax.tree.leaves(params):
+        assert np.all(np.abs(leaf) <= 0.01) and np.std(leaf) > 0.001
+    with pytest.raises(ValueError, match="init_range must be a positive number"):
+        cells.gru(2, init_range=-1)

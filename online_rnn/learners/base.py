@@ -21,8 +21,10 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from online_rnn import streaming
 from online_rnn.cells import Cell
 from online_rnn.objectives import Objective
 
@@ -41,28 +43,40 @@ class StepInfo(NamedTuple):
     grads: Params
 
 
+class StreamStats(NamedTuple):
+    """Running normalisation statistics of the inputs and of the features before the readout (``()`` when
+    that normalisation is off)."""
+
+    inputs: Any
+    features: Any
+
+
 class LearnerState(NamedTuple):
     """State of every learner. ``trace`` is the credit-assignment state and its type is learner specific
     (``RTRLTrace``, ``TBPTTTrace``, ...); ``objective`` is the objective's state (TD's eligibility trace, gamma,
-    lambda); ``key`` feeds learners that draw random numbers (UORO); ``t`` counts steps taken."""
+    lambda); ``stats`` the online normalisation statistics; ``key`` feeds learners that draw random numbers
+    (UORO); ``t`` counts steps taken."""
 
     params: Params
     opt_state: Any
     carry: Any
     trace: Any
     objective: Any
+    stats: StreamStats
     key: jax.Array
     t: jax.Array
 
 
 class Learner(NamedTuple):
-    """``init(key) -> state``; ``step(state, x_t, signal_t) -> (state, StepInfo)``."""
+    """``init(key) -> state``; ``step(state, x_t, signal_t) -> (state, StepInfo)``. ``n_params`` counts the
+    trainable parameters that can affect the prediction (for tables)."""
 
     init: Callable[[jax.Array], LearnerState]
     step: Callable[[LearnerState, jax.Array, Any], tuple[LearnerState, StepInfo]]
     name: str
     input_size: int
     output_size: int
+    n_params: int = 0
 
 
 class Credit(NamedTuple):
@@ -73,10 +87,17 @@ class Credit(NamedTuple):
     ``finish(dh, g_readout) -> (cell_grads, readout_grads, trace_t)`` turns the cotangent ``dh`` on ``h_t``
     into the cell-parameter gradient estimate, decides which readout gradient this step uses, and returns the
     new trace.
+
+    Optional, for learners whose units come and go (constructive, hybrid): ``active_features(trace) -> (H,)
+    bool`` marks the features that exist (inactive ones have ``h = 0`` and keep their normalisation statistics);
+    ``update_mask(trace) -> tree of bool like the cell params`` marks the parameters allowed to change. Both are
+    called with the trace *before* the step, and describe that step.
     """
 
     init: Callable[[Params, Any, Params], Any]
     step: Callable[[Params, Any, Any, jax.Array, jax.Array], tuple[Any, jax.Array, Finish]]
+    active_features: Optional[Callable[[Any], jax.Array]] = None
+    update_mask: Optional[Callable[[Any], Params]] = None
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -157,8 +178,8 @@ def tree_zeros_like(tree: Any) -> Any:
 
 
 def param_count(params: Params) -> int:
-    """Number of scalar parameters in a parameter tree."""
-    return int(sum(jnp.size(leaf) for leaf in jax.tree.leaves(params)))
+    """Number of scalar parameters in a parameter tree (arrays or shape structs)."""
+    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)))
 
 
 # ------------------------------------------------------------------------------------------------------ build
@@ -173,27 +194,49 @@ def build(
     objective: Objective,
     optimizer: optax.GradientTransformation,
     readout: str = "linear",
-    update_mask: Optional[Callable[[LearnerState], Params]] = None,
+    normalise_inputs: Any = None,
+    normalise_features: Any = None,
+    readout_step_scale: bool = False,
+    n_params: Optional[int] = None,
 ) -> Learner:
-    """Assemble a learner from a credit-assignment rule and the shared readout, objective and optimizer.
+    """Assemble a learner from a credit-assignment rule and the shared readout, objective, optimizer and the
+    streaming pieces of :mod:`online_rnn.streaming`:
 
-    ``update_mask(state) -> tree of 0/1`` (optional) zeroes the optimizer's updates of frozen parameters, so
-    that they stay bit-identical whatever the optimizer's internal state.
+    * ``normalise_inputs`` / ``normalise_features``: ``None`` or a :class:`~online_rnn.streaming.Normalisation`
+      (or dict / decay rate). Inputs are normalised with the statistics of the previous step, then the
+      statistics take in ``x_t``; features take in ``h_t`` first (the authors' order).
+    * ``readout_step_scale``: divide the readout's updates (its step size) by the number of active features.
+    * Parameters outside ``credit.update_mask`` keep their values bit for bit, whatever the optimizer's state.
     """
     check_learner_args(cell, input_size, output_size, objective, optimizer)
+    in_norm = streaming.as_normalisation(normalise_inputs, "normalise_inputs")
+    feat_norm = streaming.as_normalisation(normalise_features, "normalise_features")
     ro_init, ro_apply = make_readout(readout, cell.hidden_size, output_size)
+    if feat_norm is not None and readout == "identity":
+        raise ValueError("normalise_features needs readout='linear' (the identity readout has nothing to scale)")
+
+    def active(trace: Any) -> jax.Array:
+        if credit.active_features is None:
+            return jnp.ones((cell.hidden_size,), bool)
+        return credit.active_features(trace)
 
     def init(key: jax.Array) -> LearnerState:
         k_cell, k_ro, k_state = jax.random.split(key, 3)
         cell_params = cell.init(k_cell, input_size)
-        params = {"cell": cell_params, "readout": ro_init(k_ro, param_dtype(cell_params))}
+        dtype = param_dtype(cell_params)
+        params = {"cell": cell_params, "readout": ro_init(k_ro, dtype)}
         carry = cell.initial_carry(cell_params)
+        stats = StreamStats(
+            inputs=() if in_norm is None else streaming.normaliser_init((input_size,), dtype),
+            features=() if feat_norm is None else streaming.normaliser_init((cell.hidden_size,), dtype),
+        )
         return LearnerState(
             params=params,
             opt_state=optimizer.init(params),
             carry=carry,
             trace=credit.init(cell_params, carry, params["readout"]),
             objective=objective.init(params),
+            stats=stats,
             key=k_state,
             t=jnp.zeros((), jnp.int32),
         )
@@ -203,11 +246,22 @@ def build(
         if x_t.shape != (input_size,):
             raise ValueError(f"{name}.step: x_t must have shape ({input_size},) (input_size), got {tuple(x_t.shape)}")
         objective.check_signal(signal_t, output_size)
-        params = state.params
+        params, stats = state.params, state.stats
         x_t = x_t.astype(param_dtype(params["cell"]))
+        if in_norm is not None:
+            x_in = streaming.normalise(stats.inputs, x_t)
+            stats = stats._replace(inputs=streaming.normaliser_update(stats.inputs, x_t, in_norm))
+        else:
+            x_in = x_t
         key, k_step = jax.random.split(state.key)
-        carry, h_t, finish = credit.step(params["cell"], state.carry, state.trace, x_t, k_step)
-        y_t, readout_vjp = jax.vjp(ro_apply, params["readout"], h_t)
+        carry, h_t, finish = credit.step(params["cell"], state.carry, state.trace, x_in, k_step)
+        if feat_norm is not None:
+            feat_stats = streaming.normaliser_update(stats.features, h_t, feat_norm, active(state.trace))  # step t's units
+            stats = stats._replace(features=feat_stats)
+            features = lambda h: streaming.normalise(feat_stats, h)  # noqa: E731
+        else:
+            features = lambda h: h  # noqa: E731
+        y_t, readout_vjp = jax.vjp(lambda ro, h: ro_apply(ro, features(h)), params["readout"], h_t)
         dy = objective.cotangent(state.objective, y_t, signal_t)
         g_readout, dh = readout_vjp(dy)
         g_cell, g_readout, trace = finish(dh, g_readout)
@@ -215,16 +269,30 @@ def build(
             state.objective, y_t, signal_t, {"cell": g_cell, "readout": g_readout}
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        if readout_step_scale:
+            n_active = jnp.maximum(jnp.sum(active(state.trace)), 1).astype(y_t.dtype)
+            updates = {**updates, "readout": jax.tree.map(lambda u: u / n_active, updates["readout"])}
+        if credit.update_mask is not None:
+            mask = credit.update_mask(state.trace)
+            cell_updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates["cell"], mask)
+            updates = {**updates, "cell": cell_updates}
         new_state = LearnerState(
-            params=params, opt_state=opt_state, carry=carry, trace=trace, objective=obj_state, key=key, t=state.t + 1
+            params=optax.apply_updates(params, updates),
+            opt_state=opt_state,
+            carry=carry,
+            trace=trace,
+            objective=obj_state,
+            stats=stats,
+            key=key,
+            t=state.t + 1,
         )
-        if update_mask is not None:
-            mask = update_mask(new_state)
-            updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, mask)
-        new_state = new_state._replace(params=optax.apply_updates(params, updates))
         return new_state, StepInfo(prediction=y_t, loss=loss, grads=grads)
 
-    return Learner(init=init, step=step, name=name, input_size=input_size, output_size=output_size)
+    if n_params is None:
+        shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+        n_params = param_count(shapes.params)
+    return Learner(init=init, step=step, name=name, input_size=input_size, output_size=output_size,
+                   n_params=n_params)
 
 
 def check_kwargs(factory: Callable, kwargs: dict, what: str) -> None:

@@ -114,6 +114,20 @@ def pulse_return(onset: jax.Array, length: jax.Array, gamma: jax.Array) -> jax.A
     return gamma ** (first - 1).astype(dtype) * (1.0 - gamma ** count.astype(dtype)) / (1.0 - gamma)
 
 
+def randint(bits: jax.Array, lo: Any, hi: Any) -> jax.Array:
+    """An int32 in ``lo .. hi`` (inclusive) from a random uint32 word: ``lo + bits mod (hi - lo + 1)``. The modulo
+    bias is below ``(hi - lo + 1) / 2^32`` (< 1e-7 for every range used here)."""
+    span = (jnp.asarray(hi, jnp.int32) - jnp.asarray(lo, jnp.int32) + 1).astype(jnp.uint32)
+    return jnp.asarray(lo, jnp.int32) + (bits % span).astype(jnp.int32)
+
+
+def bernoulli(bits: jax.Array, p: Any) -> jax.Array:
+    """``u < p`` with ``u = (bits >> 8) / 2^24`` uniform on a grid of 2^-24 (exact in float32 and float64, so the
+    stream does not depend on ``jax_enable_x64``): ``P(True)`` is ``p`` rounded up to the grid (0 and 1 exact)."""
+    u = (bits >> 8).astype(jnp.float32) * (2.0**-24)
+    return u < jnp.asarray(p, jnp.float32)
+
+
 def half_subsets(n_cs: int) -> np.ndarray:
     """All subsets of ``n_cs // 2`` of the ``n_cs`` CSs, as a (C(n_cs, n_cs // 2), n_cs) bool array."""
     rows = []
@@ -194,52 +208,57 @@ class AnimalStream(Environment):
 
     # ------------------------------------------------------------------------------------------- trials
 
-    def _draw_patterns(self, key: jax.Array) -> jax.Array:
+    def _draw_patterns(self, bits: jax.Array) -> jax.Array:
+        """``n_patterns`` distinct sets, uniformly: the first ones of a random order of all candidate sets (the
+        order of one random word per set; ties, of probability about C(n_sets, 2) / 2^32, keep the enumeration
+        order)."""
         lay = self.layout
         if lay.cs_mode == "single":
             return jnp.ones((1, 1), bool)
-        idx = jax.random.choice(key, self._subsets.shape[0], (lay.n_patterns,), replace=False)
+        idx = jnp.argsort(bits)[: lay.n_patterns]
         return jnp.asarray(self._subsets)[idx]
 
-    def _draw_trial(self, key: jax.Array, params: AnimalParams, patterns: jax.Array):
+    @property
+    def _n_trial_draws(self) -> int:
         lay = self.layout
-        k_isi, k_iti, k_cs, k_us, k_dist = jax.random.split(key, 5)
-        isi = jax.random.randint(k_isi, (), params.isi_min, params.isi_max + 1, jnp.int32)
-        iti = jax.random.randint(k_iti, (), params.iti_min, params.iti_max + 1, jnp.int32)
+        return 6 + lay.n_cs + (lay.n_distractors if lay.distractor_mode == "trial" else 0)
+
+    def _draw_trial(self, bits: jax.Array, params: AnimalParams, patterns: jax.Array):
+        """One trial from ``self._n_trial_draws`` random uint32 words (see :func:`randint` / :func:`bernoulli`)."""
+        lay = self.layout
+        isi = randint(bits[0], params.isi_min, params.isi_max)
+        iti = randint(bits[1], params.iti_min, params.iti_max)
         length = isi + iti + lay.trial_extra
+        cs_bits = bits[6 : 6 + lay.n_cs]
         if lay.cs_mode == "single":
             cs = jnp.ones((lay.n_cs,), bool)
             is_pattern = jnp.ones((), bool)
         else:
             if lay.cs_mode == "mixture":
-                k_show, k_which, k_rand = jax.random.split(k_cs, 3)
-                show = jax.random.bernoulli(k_show, params.pattern_prob)
-                which = jax.random.randint(k_which, (), 0, lay.n_patterns)
-                random_set = jax.random.bernoulli(k_rand, 0.5, (lay.n_cs,))
-                cs = jnp.where(show, patterns[which], random_set)
-            else:  # uniform_half: a uniformly random subset of n_cs // 2 CSs
-                ranks = jnp.argsort(jnp.argsort(jax.random.uniform(k_cs, (lay.n_cs,))))
-                cs = ranks < lay.n_cs // 2
+                show = bernoulli(bits[2], params.pattern_prob)
+                which = randint(bits[3], 0, lay.n_patterns - 1)
+                cs = jnp.where(show, patterns[which], bernoulli(cs_bits, 0.5))
+            else:  # uniform_half: uniformly one of the C(n_cs, n_cs // 2) sets
+                cs = jnp.asarray(self._subsets)[randint(bits[4], 0, self._subsets.shape[0] - 1)]
             is_pattern = jnp.any(jnp.all(patterns == cs[None, :], axis=1))
-        flip = jax.random.bernoulli(k_us, params.noise)
-        us = jnp.logical_xor(is_pattern, flip)
+        us = jnp.logical_xor(is_pattern, bernoulli(bits[5], params.noise))
         if lay.distractor_mode == "trial":
-            trial_distractors = jax.random.bernoulli(k_dist, params.distractor_probs, (lay.n_distractors,))
+            trial_distractors = bernoulli(bits[6 + lay.n_cs :], params.distractor_probs)
         else:
             trial_distractors = jnp.zeros((0,), bool)
         return isi, length, cs, us, is_pattern, trial_distractors
 
-    def _initial_queue(self, key: jax.Array, params: AnimalParams, patterns: jax.Array):
-        keys = jax.random.split(key, self.lookahead)
-        return jax.vmap(lambda k: self._draw_trial(k, params, patterns))(keys)
 
     # -------------------------------------------------------------------------------------------- reset
 
     def reset(self, key: jax.Array, params: AnimalParams) -> tuple[jax.Array, AnimalState]:
         lay = self.layout
-        k_patterns, k_queue = jax.random.split(key)
-        patterns = self._draw_patterns(k_patterns)
-        isi, length, cs, us, is_pattern, trial_distractors = self._initial_queue(k_queue, params, patterns)
+        n_queue, n_sets = self.lookahead * self._n_trial_draws, self._subsets.shape[0]
+        bits = jax.random.bits(key, (n_queue + n_sets,), jnp.uint32)
+        patterns = self._draw_patterns(bits[n_queue:])
+        queue_bits = bits[:n_queue].reshape(self.lookahead, self._n_trial_draws)
+        queue = jax.vmap(lambda b: self._draw_trial(b, params, patterns))(queue_bits)
+        isi, length, cs, us, is_pattern, trial_distractors = queue
         n_pulse = lay.n_distractors if lay.distractor_mode == "pulse" else 0
         state = AnimalState(
             offset=jnp.asarray(-1, jnp.int32),
@@ -259,12 +278,14 @@ class AnimalStream(Environment):
     def step(self, key: jax.Array, state: AnimalState, params: AnimalParams):
         lay = self.layout
         dtype = float_dtype()
-        k_trial, k_dist = jax.random.split(key)
+        n_trial = self._n_trial_draws
+        n_step = lay.n_distractors if lay.distractor_mode in ("pulse", "step") else 0
+        bits = jax.random.bits(key, (n_trial + n_step,), jnp.uint32)  # all of this step's randomness
 
         # Advance time; when the current trial is over, shift the queue and append a freshly drawn trial.
         offset = state.offset + 1
         new_trial = offset >= state.trial_len[0]
-        drawn = self._draw_trial(k_trial, params, state.patterns)
+        drawn = self._draw_trial(bits[:n_trial], params, state.patterns)
         queue = (state.isi, state.trial_len, state.cs, state.us, state.is_pattern, state.trial_distractors)
         shifted = tuple(
             jnp.concatenate([q[1:], jnp.asarray(d, q.dtype)[None]], axis=0) for q, d in zip(queue, drawn)
@@ -280,13 +301,13 @@ class AnimalStream(Environment):
         if lay.distractor_mode == "pulse":
             # Rafiee et al.'s reference code: a distractor that was off on the previous step starts a pulse with
             # its probability; a pulse lasts distractor_length steps and is followed by at least one off step.
-            start = (age == 0) & jax.random.bernoulli(k_dist, params.distractor_probs, (lay.n_distractors,))
+            start = (age == 0) & bernoulli(bits[n_trial:], params.distractor_probs)
             age = jnp.where(age == 0, start.astype(jnp.int32), jnp.where(age >= params.distractor_length, 0, age + 1))
             distractors_on = age > 0
         elif lay.distractor_mode == "trial":
             distractors_on = trial_distractors[0] & (offset < params.distractor_length)
         else:  # "step": independently on for one step
-            distractors_on = jax.random.bernoulli(k_dist, params.distractor_probs, (lay.n_distractors,))
+            distractors_on = bernoulli(bits[n_trial:], params.distractor_probs)
 
         us_f = us_on.astype(dtype)[None]
         cs_f = cs_on.astype(dtype)

@@ -33,7 +33,7 @@ CONFIGS = {
     "influence_balancing": ("influence_balancing", {}),
 }
 ANIMAL = ["trace_conditioning", "trace_patterning", "trace_patterning_ccn", "noisy_patterning"]
-N_SEEDS, N_STEPS = 8, 25_000  # statistics: about 1,500-1,900 trials per animal stream
+N_SEEDS, N_STEPS = 8, 20_000  # statistics: about 1,200-1,500 trials per animal stream
 SE = 5.0  # tolerance in standard errors
 
 
@@ -210,16 +210,25 @@ def test_attributes_shapes_and_dtypes_are_stable(config):
 
 @pytest.mark.parametrize("config", ["trace_conditioning", "trace_patterning_ccn", "add_task", "copy_task"])
 def test_float32_when_x64_is_off(config):
+    def observations():
+        env, params = make(config)
+        _, state = env.reset(jax.random.key(0), params)
+        step, seen = jitted_step(env), []
+        for k in jax.random.split(jax.random.key(1), 300):
+            obs, signal, info, state = step(k, state, params)
+            seen.append(np.asarray(obs))
+        return np.stack(seen), (obs, signal, info, state)
+
     jax.config.update("jax_enable_x64", False)
     try:
-        env, params = make(config)
-        obs, state = env.reset(jax.random.key(0), params)
-        obs, signal, info, state = jax.jit(env.step)(jax.random.key(1), state, params)
+        obs32, (obs, signal, info, state) = observations()
         assert obs.dtype == jnp.float32
         floats = [x for x in jax.tree.leaves((signal, info, state)) if jnp.issubdtype(x.dtype, jnp.floating)]
-        assert all(x.dtype == jnp.float32 for x in floats)
+        assert floats and all(x.dtype == jnp.float32 for x in floats)
     finally:
         jax.config.update("jax_enable_x64", True)
+    if config in ANIMAL:  # their random draws are made from uint32 words: the same stream in both modes
+        np.testing.assert_array_equal(obs32, observations()[0])
 
 
 # noisy_patterning runs the same code path as trace_patterning (the eager run is the slow part of this test).
@@ -242,21 +251,24 @@ def test_jit_equals_no_jit(config):
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_same_key_same_stream_and_vmap_equals_a_run_per_key(config, animal_runs):
+def test_same_key_same_stream_and_vmap_equals_a_run_per_key(config, request):
     env, params = make(config)
     # The animal streams reuse the compiled rollout of the statistics fixture.
     n_steps, n_seeds, key = (N_STEPS, N_SEEDS, jax.random.key(100 + ANIMAL.index(config))) if config in ANIMAL else (
         200, 3, jax.random.key(11)
     )
     (o1, s1, i1), _ = rollout(env, params, key, n_steps, n_seeds)
-    (o2, s2, i2), _ = rollout(env, params, key, n_steps, n_seeds)
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), (o1, s1, i1), (o2, s2, i2))
-    if config in ANIMAL:
-        np.testing.assert_array_equal(np.asarray(o1), animal_runs[config]["obs"])
+    if config in ANIMAL:  # the fixture ran the same key: same stream
+        run = request.getfixturevalue("animal_runs")[config]
+        np.testing.assert_array_equal(np.asarray(o1), run["obs"])
+        np.testing.assert_array_equal(np.asarray(s1), run["signal"])
+        np.testing.assert_array_equal(np.asarray(i1["return"]), run["info"]["return"])
+    else:
+        (o2, s2, i2), _ = rollout(env, params, key, n_steps, n_seeds)
+        same = lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # noqa: E731
+        jax.tree.map(same, (o1, s1, i1), (o2, s2, i2))
     if config != "influence_balancing":  # its observations do not depend on the key
-        (o3, _, _), _ = rollout(env, params, jax.random.fold_in(key, 1), n_steps, n_seeds)
-        assert not np.array_equal(np.asarray(o1), np.asarray(o3))
-        assert not np.array_equal(np.asarray(o1[0]), np.asarray(o1[1]))
+        assert not np.array_equal(np.asarray(o1[0]), np.asarray(o1[1]))  # different keys, different streams
     # vmap over keys == one run per key (rebuilding rollout's key splits by hand), on the first 20 steps.
     step = jitted_step(env)
     for b, seed_key in enumerate(jax.random.split(key, n_seeds)[:2]):
@@ -300,11 +312,9 @@ def test_default_lookahead_leaves_out_less_than_1e12(config):
     assert env.lookahead == 2 or bound_one_less >= animal.RETURN_TAIL_TOLERANCE
 
 
-def test_ccn_trial_return_is_gamma_power_to_the_us():
-    env, params = make("trace_patterning_ccn")
-    (obs, signal, info), _ = rollout(env, params, jax.random.key(5), 3000, 2)
-    obs, info = np.asarray(obs), {k: np.asarray(v) for k, v in info.items()}
-    for b in range(2):
+def test_ccn_trial_return_is_gamma_power_to_the_us(animal_runs):
+    info = animal_runs["trace_patterning_ccn"]["info"]
+    for b in range(N_SEEDS):
         offset = trial_offsets(info["trial_start"][b])
         r = info["isi"][b] - offset  # steps remaining to this trial's US
         expected = np.where(info["is_pattern"][b] & (r > 0), 0.9 ** (r - 1.0), 0.0)
@@ -640,6 +650,41 @@ def test_influence_balancing_learners_rtrl_right_way_tbptt1_wrong_way():
         (_, lstate), _ = jax.jit(lambda c: jax.lax.scan(body, c, keys))((env_state, learner.init(jax.random.key(2))))
         theta[name] = float(lstate.params["cell"].theta[0])
     assert theta["rtrl"] < 0.5 < theta["tbptt1"]
+
+
+def test_influence_balancing_gradient_directions_of_learners():
+    """Summed gradient estimates over steps 100..300 with a frozen theta = 0.5: positive means descent lowers
+    theta (the right way). RTRL is exact; T-BPTT(1) has the wrong sign; UORO (if registered) is unbiased, so its
+    mean over 1,024 keys is positive and within 5 standard errors of RTRL's."""
+    env, params = envs.make("influence_balancing")
+    cell = influence_balancing.cell()
+    kwargs = dict(cell=cell, input_size=1, output_size=1, objective=objectives.squared_error(),
+                  optimizer=optax.sgd(0.0), readout="identity")  # fmt: skip
+    built = {"rtrl": learners.rtrl(**kwargs), "tbptt1": learners.tbptt(**kwargs, truncation=1)}
+    if "uoro" in learners.names():
+        built["uoro"] = learners.make("uoro", **kwargs)
+    totals = {}
+    for name, learner in built.items():
+
+        def run(key, learner=learner):
+            _, env_state = env.reset(key, params)
+
+            def body(carry, k):
+                env_state, lstate = carry
+                obs, signal, _, env_state = env.step(k, env_state, params)
+                lstate, out = learner.step(lstate, obs, signal)
+                return (env_state, lstate), out.grads["cell"].theta[0]
+
+            return jax.lax.scan(body, (env_state, learner.init(key)), jax.random.split(key, 300))[1]
+
+        n_keys = 1024 if name == "uoro" else 2
+        grads = np.asarray(jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(4), n_keys)))
+        totals[name] = grads[:, 100:].sum(1)
+    assert np.all(totals["rtrl"] > 0) and np.all(totals["tbptt1"] < 0)
+    if "uoro" in totals:
+        se = totals["uoro"].std() / math.sqrt(len(totals["uoro"]))
+        assert totals["uoro"].mean() > SE * se
+        within(totals["uoro"].mean(), totals["rtrl"][0], se, "UORO mean summed gradient vs RTRL")
 
 
 # ------------------------------------------------------------------------------------ streams with learners

@@ -12,7 +12,9 @@ Spec (the issue "Benchmarks as pure, jittable streams"; the formula also agrees 
   reference numbers below hold for both (the sampled version only adds variance).
 - Objective: softmax cross-entropy in nats (``default_objective = "softmax_cross_entropy"``).
 
-Reference cross-entropies (Marschall et al. 2020, the add-task figure; exact values of the entropies below):
+Reference cross-entropies (the three levels that Marschall et al. 2020 report for this task; the authors'
+code marks 0.66 and 0.45 in its example plot). They follow from the definition, as the entropies below, and
+``tests/test_envs.py`` recomputes them:
 
 - 0.662 nats: a predictor with no memory outputs the marginal ``P(1) = 0.625``; ``H(0.625)``.
 - 0.519 nats: a predictor that remembers ``x_{t-5}`` only: ``(H(0.375) + H(0.875)) / 2``.

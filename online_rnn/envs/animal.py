@@ -31,6 +31,12 @@ trials should pass a larger ``lookahead`` (check with ``env.return_tail_bound(pa
 
 Time 0. ``reset`` puts the stream one step before the first trial: its observation is all zeros, and the first
 ``step`` shows the first CS onset, so a runner that ignores the observation of ``reset`` loses nothing.
+
+Randomness. Each step makes one draw of uint32 words from its key (``reset`` one more for the activation patterns
+and the first ``K`` trials), and a trial is drawn every step but used only when a trial ends: one draw per step
+compiles about twice as fast as one ``jax.random`` call per quantity. Integers are ``lo + word mod span``
+(modulo bias < span / 2^32) and Bernoulli draws compare a 24-bit uniform with ``p`` (so ``P`` is ``p`` to within
+2^-24, and 0 and 1 are exact). The stream is the same bit for bit with and without ``jax_enable_x64``.
 """
 
 from __future__ import annotations

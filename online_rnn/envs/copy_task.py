@@ -1,7 +1,10 @@
-"""The copy task with an online curriculum (after Mujika, Meier & Steger, "Approximating real-time recurrent
-learning with random Kronecker factors", NeurIPS 2018, Section 5.1, and the curriculum of Menick et al.,
-"Practical real time recurrent learning with a sparse approximation", ICLR 2021; the spec here is the issue's,
-"Benchmarks as pure, jittable streams").
+"""The copy task with an online curriculum, as the issue "Benchmarks as pure, jittable streams" specifies it.
+
+Background: the copy task with a curriculum on the sequence length is the benchmark of Mujika, Meier & Steger,
+"Approximating real-time recurrent learning with random Kronecker factors" (NeurIPS 2018), on which T-BPTT
+fails beyond its truncation window (the seed paper cites it for this). The input encoding ``[start, flag, bit]``,
+the error measure and the thresholds below are the issue's; the published curricula may differ in detail (for
+instance in measuring the loss in bits per character rather than the fraction of wrong bits).
 
 Layout. Observations are ``[start, flag, bit]``. A sequence of length ``L`` takes ``2 L + 2`` steps:
 

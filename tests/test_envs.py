@@ -212,9 +212,9 @@ def test_attributes_shapes_and_dtypes_are_stable(config):
 def test_float32_when_x64_is_off(config):
     def observations():
         env, params = make(config)
-        _, state = env.reset(jax.random.key(0), params)
+        _, state = jax.jit(env.reset)(jax.random.key(0), params)
         step, seen = jitted_step(env), []
-        for k in jax.random.split(jax.random.key(1), 300):
+        for k in jax.random.split(jax.random.key(1), 150):
             obs, signal, info, state = step(k, state, params)
             seen.append(np.asarray(obs))
         return np.stack(seen), (obs, signal, info, state)
@@ -321,6 +321,18 @@ def test_ccn_trial_return_is_gamma_power_to_the_us(animal_runs):
         np.testing.assert_allclose(info["trial_return"][b], expected, rtol=1e-12, atol=0)
 
 
+def test_params_sweep_by_vmap_over_gamma():
+    """A sweep over params (here gamma) is a vmap of the same compiled step: same stream, per-run returns."""
+    env, params = make("trace_conditioning")
+    gammas = jnp.array([0.8, 0.9])
+    swept = jax.tree.map(lambda x: jnp.stack([x, x]), params).replace(gamma=gammas)
+    (obs, signal, info), _ = jax.vmap(lambda p: rollout(env, p, jax.random.key(9), 600, 1))(swept)
+    np.testing.assert_array_equal(obs[0], obs[1])
+    for i, gamma in enumerate([0.8, 0.9]):
+        g = backward_returns(np.asarray(signal[i]), gamma)
+        np.testing.assert_allclose(np.asarray(info["return"][i])[:, :300], g[:, :300], rtol=0, atol=1e-9)
+
+
 # ----------------------------------------------------------------------------- animal learning: statistics
 
 
@@ -364,9 +376,9 @@ def _trial_table(run, b):
 def test_trace_patterning_statistics(animal_runs):
     run = animal_runs["trace_patterning"]
     n_cs, n_d = 6, 5
-    n_trials = n_pattern = 0
+    n_trials = n_pattern = n_not_half = 0
     d_on = np.zeros(n_d)
-    isis = []
+    isis, itis = [], []
     for b in range(N_SEEDS):
         patterns = run["patterns"][b]
         assert patterns.shape == (10, n_cs) and np.all(patterns.sum(1) == 3)
@@ -383,13 +395,20 @@ def test_trace_patterning_statistics(animal_runs):
             us_onsets = rising(us[s:e])
             if match:
                 assert len(us_onsets) == 1 and np.all(us[s + us_onsets[0] : s + us_onsets[0] + 2])
+                assert us_onsets[0] == info["isi"][b][s]
                 isis.append(us_onsets[0])
             else:
                 assert len(us_onsets) == 0 and not np.any(us[s:e])
+            itis.append((e - s) - info["isi"][b][s])
             n_trials += 1
             n_pattern += match
+            n_not_half += shown.sum() != 3
             d_on += dist[s]
     check_rate(n_pattern, n_trials, 0.5, "P(pattern)")
+    # Shown outright with p = (64 * 0.5 - 10) / (64 - 10); otherwise a uniform random set, of size != 3 w.p. 44/64.
+    p_show = (64 * 0.5 - 10) / (64 - 10)
+    check_rate(n_not_half, n_trials, (1 - p_show) * 44 / 64, "P(shown set is not of size 3)")
+    check_uniform_mean(itis, 80, 120, "ITI")
     for k in range(n_d):
         check_rate(d_on[k], n_trials, 0.5, f"distractor {k + 1} at CS onset")
     check_uniform_mean(isis, 7, 13, "ISI")

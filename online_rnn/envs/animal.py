@@ -176,8 +176,9 @@ class AnimalStream(Environment):
     signal_size = 1
     default_objective = "td_lambda"
 
-    def __init__(self, name: str, layout: Layout, defaults: dict):
+    def __init__(self, name: str, layout: Layout, defaults: dict, variant: str = "rafiee"):
         self.name = name
+        self.variant = variant
         self.layout = layout
         self._defaults = dict(defaults)
         self.gamma = float(defaults["gamma"])
@@ -253,7 +254,6 @@ class AnimalStream(Environment):
         else:
             trial_distractors = jnp.zeros((0,), bool)
         return isi, length, cs, us, is_pattern, trial_distractors
-
 
     # -------------------------------------------------------------------------------------------- reset
 

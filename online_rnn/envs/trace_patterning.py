@@ -165,9 +165,7 @@ def build_patterning(
         pattern_prob=pattern_prob,
         noise=noise,
     )
-    env = AnimalStream(name, layout, defaults)
-    env.variant = variant
-    return env
+    return AnimalStream(name, layout, defaults, variant)
 
 
 def trace_patterning(

@@ -208,7 +208,7 @@ def test_attributes_shapes_and_dtypes_are_stable(config):
         assert leaf.dtype in (jnp.float64, jnp.int32, jnp.bool_), leaf.dtype
 
 
-@pytest.mark.parametrize("config", ["trace_conditioning", "trace_patterning_ccn", "add_task", "copy_task"])
+@pytest.mark.parametrize("config", ["trace_conditioning", "add_task", "copy_task"])
 def test_float32_when_x64_is_off(config):
     def observations():
         env, params = make(config)
@@ -257,13 +257,10 @@ def test_same_key_same_stream_and_vmap_equals_a_run_per_key(config, request):
     n_steps, n_seeds, key = (N_STEPS, N_SEEDS, jax.random.key(100 + ANIMAL.index(config))) if config in ANIMAL else (
         200, 3, jax.random.key(11)
     )
-    (o1, s1, i1), _ = rollout(env, params, key, n_steps, n_seeds)
-    if config in ANIMAL:  # the fixture ran the same key: same stream
-        run = request.getfixturevalue("animal_runs")[config]
-        np.testing.assert_array_equal(np.asarray(o1), run["obs"])
-        np.testing.assert_array_equal(np.asarray(s1), run["signal"])
-        np.testing.assert_array_equal(np.asarray(i1["return"]), run["info"]["return"])
+    if config in ANIMAL:  # the fixture's rollout; the per-key runs below replay its keys
+        o1 = request.getfixturevalue("animal_runs")[config]["obs"]
     else:
+        (o1, s1, i1), _ = rollout(env, params, key, n_steps, n_seeds)
         (o2, s2, i2), _ = rollout(env, params, key, n_steps, n_seeds)
         same = lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # noqa: E731
         jax.tree.map(same, (o1, s1, i1), (o2, s2, i2))
@@ -506,18 +503,18 @@ def test_add_task_reference_cross_entropies_from_the_definition():
 @pytest.mark.parametrize("config", ["add_task", "add_task_sampled"])
 def test_add_task_targets_follow_the_lag_formula(config):
     env, params = make(config)
-    n_seeds, n_steps = 4, 20_000
+    n_seeds, n_steps = 4, 10_000
     (obs, signal, info), _ = rollout(env, params, jax.random.key(21), n_steps, n_seeds)
     obs, signal, p, x = (np.asarray(a) for a in (obs, signal, info["p"], info["x"]))
     np.testing.assert_array_equal(obs, np.stack([1 - x, x], -1))
     expected = 0.5 + 0.5 * x[:, 4:-5] - 0.25 * x[:, :-9]  # p_t for t >= 9 from x_{t-5}, x_{t-9}
     np.testing.assert_allclose(p[:, 9:], expected, rtol=0, atol=1e-15)
     check_rate(x.sum(), x.size, 0.5, "P(x = 1)")
-    # The optimal predictor's mean loss: H(p_t) has SD 0.26 over 80,000 steps, SE < 0.003 even allowing for the
-    # overlap of the lags between nearby steps, so 0.01 is a wide margin around the exact 0.4544.
+    # The optimal predictor's mean loss: H(p_t) has SD 0.26 over 40,000 steps, SE < 0.004 even allowing for the
+    # overlap of the lags between nearby steps, so 0.02 is a wide margin around the exact 0.4544.
     entropy = np.asarray(info["optimal_cross_entropy"])
     exact = np.mean([add_task.binary_entropy(v) for v in (0.5, 0.25, 1.0, 0.75)])
-    assert abs(entropy.mean() - exact) < 0.01
+    assert abs(entropy.mean() - exact) < 0.02
     if config == "add_task":
         np.testing.assert_allclose(signal, np.stack([1 - p, p], -1), rtol=0, atol=0)
     else:
@@ -531,34 +528,29 @@ def test_add_task_targets_follow_the_lag_formula(config):
 # ----------------------------------------------------------------------------------------------- copy task
 
 
+POLICIES = {"perfect": 0, "always_wrong": 1, "coin": 2}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def copy_rollout(env, params, key, n_steps, policy):
-    """Scan (step, feedback) with a prediction from ``policy(target_bit, output_step, key)``."""
+    """Scan (step, feedback) with the logit of a perfect, an always-wrong or a coin-flipping predictor
+    (``policy`` is traced, so the three share one compilation)."""
 
     def body(state, k):
         k_env, k_pred = jax.random.split(k)
         obs, signal, info, state = env.step(k_env, state, params)
-        state = env.feedback(state, params, policy(info["target_bit"], info["output_step"], k_pred))
+        sign = jnp.where(info["target_bit"] > 0, 5.0, -5.0)
+        logit = jnp.stack([sign, -sign, jax.random.normal(k_pred)])[policy]
+        state = env.feedback(state, params, logit[None])
         return state, (obs, signal, info)
 
     _, state = env.reset(jax.random.key(0), params)
-    return jax.jit(lambda s, ks: jax.lax.scan(body, s, ks))(state, jax.random.split(key, n_steps))
-
-
-def perfect(bit, output, key):
-    return jnp.where(bit > 0, 5.0, -5.0)[None]
-
-
-def always_wrong(bit, output, key):
-    return jnp.where(bit > 0, -5.0, 5.0)[None]
-
-
-def coin(bit, output, key):
-    return jax.random.normal(key, (1,))
+    return jax.lax.scan(body, state, jax.random.split(key, n_steps))
 
 
 def test_copy_task_sequence_layout():
     env, params = envs.make("copy_task", initial_length=5, max_length=8)
-    _, (obs, signal, info) = copy_rollout(env, params, jax.random.key(1), 600, coin)
+    _, (obs, signal, info) = copy_rollout(env, params, jax.random.key(1), 600, POLICIES["coin"])
     obs, value, weight = np.asarray(obs), np.asarray(signal.value)[:, 0], np.asarray(signal.weight)
     starts = np.flatnonzero(obs[:, 0])
     assert starts[0] == 0 and np.all(np.diff(starts) == 12)  # L = 5: 2 L + 2 steps, no gap; coin never grows L
@@ -580,7 +572,7 @@ def test_copy_task_sequence_layout():
 
 def test_copy_task_curriculum_grows_on_perfect_predictions_only():
     env, params = envs.make("copy_task", max_length=6)
-    state, (obs, _, info) = copy_rollout(env, params, jax.random.key(2), 3000, perfect)
+    state, (obs, _, info) = copy_rollout(env, params, jax.random.key(2), 3000, POLICIES["perfect"])
     length = np.asarray(info["length"])
     starts = np.flatnonzero(np.asarray(info["sequence_start"]))
     # L changes only at sequence starts, by +1, up to max_length.
@@ -594,8 +586,8 @@ def test_copy_task_curriculum_grows_on_perfect_predictions_only():
     for L in range(1, 6):
         assert np.sum(seq_lengths == L) == 16
     np.testing.assert_array_equal(np.asarray(info["bit_error"])[starts[1:]], 0.0)
-    for policy in (always_wrong, coin):
-        state, (_, _, info) = copy_rollout(env, params, jax.random.key(3), 3000, policy)
+    for policy in ("always_wrong", "coin"):
+        state, (_, _, info) = copy_rollout(env, params, jax.random.key(3), 3000, POLICIES[policy])
         assert np.all(np.asarray(info["length"]) == 1)
         assert float(state.error_average) > 0.1
     # bits per character over output steps.

@@ -4,7 +4,8 @@ recurrent neural networks", JMLR 21(135), 2020; the task follows Pitis 2016).
 Spec (the issue "Benchmarks as pure, jittable streams"; the formula also agrees with the authors' public code,
 ``gen_data/Add_Task.py`` of their ``vanilla-rtrl`` repository):
 
-- Input ``x_t ~ Bernoulli(0.5)``, i.i.d., shown as a one-hot pair ``obs_t = [1 - x_t, x_t]``.
+- Input ``x_t ~ Bernoulli(0.5)``, i.i.d., shown as a one-hot pair ``obs_t = [1 - x_t, x_t]`` (the reference
+  code orders both pairs the other way round, which changes nothing).
 - Target: the 2-class distribution ``[1 - p_t, p_t]`` with ``p_t = 0.5 + 0.5 x_{t-5} - 0.25 x_{t-9}``
   (lags are constructor arguments, default ``(5, 9)``). The default target is this soft distribution, as in the
   authors' examples (``deterministic=True``); ``target="sampled"`` gives the one-hot of ``y_t ~ Bernoulli(p_t)``
@@ -12,9 +13,9 @@ Spec (the issue "Benchmarks as pure, jittable streams"; the formula also agrees 
   reference numbers below hold for both (the sampled version only adds variance).
 - Objective: softmax cross-entropy in nats (``default_objective = "softmax_cross_entropy"``).
 
-Reference cross-entropies (the three levels that Marschall et al. 2020 report for this task; the authors'
-code marks 0.66 and 0.45 in its example plot). They follow from the definition, as the entropies below, and
-``tests/test_envs.py`` recomputes them:
+Reference cross-entropies (the levels the issue quotes from Marschall et al. 2020; the paper's text could not be
+checked here, and the authors' code marks 0.66 and 0.45 in its example plot). They follow from the definition,
+as the entropies below, and ``tests/test_envs.py`` recomputes them:
 
 - 0.662 nats: a predictor with no memory outputs the marginal ``P(1) = 0.625``; ``H(0.625)``.
 - 0.519 nats: a predictor that remembers ``x_{t-5}`` only: ``(H(0.375) + H(0.875)) / 2``.

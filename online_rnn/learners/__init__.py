@@ -16,13 +16,22 @@ from online_rnn.learners.base import (
     check_kwargs,
     param_count,
 )
+from online_rnn.learners.columnar import columnar, stack_columns, vmap_credit
+from online_rnn.learners.hybrid import HybridTrace, constructive, hybrid
 from online_rnn.learners.rtrl import RTRLTrace, rtrl, rtrl_credit
+from online_rnn.learners.snap1 import SnAp1Trace, snap1, snap1_credit
 from online_rnn.learners.tbptt import TBPTTTrace, bptt, tbptt
+from online_rnn.learners.uoro import UOROTrace, uoro, uoro_credit
 
 _REGISTRY: dict[str, Callable[..., Learner]] = {
     "bptt": bptt,
     "tbptt": tbptt,
     "rtrl": rtrl,
+    "snap1": snap1,
+    "uoro": uoro,
+    "columnar": columnar,
+    "constructive": constructive,
+    "hybrid": hybrid,
 }
 
 
@@ -46,6 +55,18 @@ def make(name: str, **kwargs: Any) -> Learner:
 
 
 __all__ = [
+    "HybridTrace",
+    "SnAp1Trace",
+    "UOROTrace",
+    "columnar",
+    "constructive",
+    "hybrid",
+    "snap1",
+    "snap1_credit",
+    "stack_columns",
+    "uoro",
+    "uoro_credit",
+    "vmap_credit",
     "Credit",
     "Learner",
     "LearnerState",

@@ -17,7 +17,7 @@ O(|s| |theta|): keep it small.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,11 @@ def rtrl(
     objective: Objective,
     optimizer: optax.GradientTransformation,
     readout: str = "linear",
+    normalise_inputs: Any = None,
+    normalise_features: Any = None,
+    readout_step_scale: bool = False,
 ) -> Learner:
-    """Exact RTRL learner: the influence matrix is carried in ``state.trace.influence``."""
-    return build("rtrl", cell, rtrl_credit(cell), input_size, output_size, objective, optimizer, readout)
+    """Exact RTRL learner: the influence matrix is carried in ``state.trace.influence``. The streaming options
+    are those of :func:`online_rnn.learners.base.build`."""
+    return build("rtrl", cell, rtrl_credit(cell), input_size, output_size, objective, optimizer, readout,
+                 normalise_inputs, normalise_features, readout_step_scale)

@@ -137,6 +137,9 @@ def tbptt(
     truncation: int,
     stride: int = 1,
     readout: str = "linear",
+    normalise_inputs: Any = None,
+    normalise_features: Any = None,
+    readout_step_scale: bool = False,
 ) -> Learner:
     """Truncated BPTT over the last ``truncation`` steps; ``stride`` is 1 (sliding window, update every step)
     or ``truncation`` (one update per window)."""
@@ -153,7 +156,8 @@ def tbptt(
                 f"objective {objective.name} needs a gradient every step; use stride=1 with it, got stride={stride}"
             )
         credit = _strided_credit(cell, k, input_size)
-    return build("tbptt", cell, credit, input_size, output_size, objective, optimizer, readout)
+    return build("tbptt", cell, credit, input_size, output_size, objective, optimizer, readout,
+                 normalise_inputs, normalise_features, readout_step_scale)
 
 
 def bptt(
@@ -164,6 +168,9 @@ def bptt(
     optimizer: optax.GradientTransformation,
     seq_len: int,
     readout: str = "linear",
+    normalise_inputs: Any = None,
+    normalise_features: Any = None,
+    readout_step_scale: bool = False,
 ) -> Learner:
     """BPTT: one update per sequence of ``seq_len`` steps with the exact gradient of its summed loss."""
     check_learner_args(cell, input_size, output_size, objective, optimizer)
@@ -171,5 +178,6 @@ def bptt(
     if objective.per_step_gradient:
         raise ValueError(f"objective {objective.name} needs a gradient every step; bptt cannot serve it (use tbptt)")
     credit = _strided_credit(cell, t, input_size)
-    return build("bptt", cell, credit, input_size, output_size, objective, optimizer, readout)
+    return build("bptt", cell, credit, input_size, output_size, objective, optimizer, readout,
+                 normalise_inputs, normalise_features, readout_step_scale)
 

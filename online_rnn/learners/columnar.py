@@ -1,0 +1,91 @@
+"""Columnar networks: ``n`` independent columns, each trained with exact RTRL (the paper's first constraint).
+
+Every column is a copy of ``cell`` (default ``cells.lstm(1)``, the paper's one-unit LSTM column) reading the
+same input ``x_t``; no column reads another, so the influence matrix is block diagonal and exact RTRL needs
+only each column's own block: time and memory are linear in the number of columns. The
+network is a ``jax.vmap`` of one column over columns, and so is the credit assignment: ``state.params["cell"]``
+holds the column parameters stacked on a leading column axis, and ``state.trace`` the per-column RTRL traces.
+One linear readout reads all column outputs, ``h_t = concat(h_t^(1), ..., h_t^(n))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from online_rnn import cells
+from online_rnn.cells import Cell
+from online_rnn.learners.base import Credit, Learner, build, check_positive_int
+from online_rnn.learners.rtrl import rtrl_credit
+from online_rnn.objectives import Objective
+
+
+def stack_columns(cell: Cell, n_columns: int) -> Cell:
+    """``n_columns`` independent copies of ``cell`` as one cell (column axis first in params and carry)."""
+    n = check_positive_int("n_columns", n_columns)
+
+    def init(key: jax.Array, input_size: int) -> Any:
+        return jax.vmap(lambda k: cell.init(k, input_size))(jax.random.split(key, n))
+
+    def initial_carry(params: Any) -> Any:
+        return jax.vmap(cell.initial_carry)(params)
+
+    def apply(params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+        carry_t, h_t = jax.vmap(cell.apply, in_axes=(0, 0, None))(params, carry, x)
+        return carry_t, h_t.reshape(-1)
+
+    return Cell(init, initial_carry, apply, n * cell.hidden_size, cell.n_gates, f"{n}x{cell.name}")
+
+
+def vmap_credit(inner: Credit, n_columns: int, hidden_per_column: int) -> Credit:
+    """Run a one-column credit rule on every column with ``jax.vmap`` (the columns share the input)."""
+
+    def init(cell_params, carry, readout_params):
+        return jax.vmap(lambda p, c: inner.init(p, c, readout_params))(cell_params, carry)
+
+    def column(p, c, tr, x, key, dh):
+        carry_t, h_t, finish = inner.step(p, c, tr, x, key)
+        g, _, tr_t = finish(dh, ())
+        return carry_t, h_t, g, tr_t
+
+    def step(cell_params, carry, trace, x_t, key):
+        keys = jax.random.split(key, n_columns)
+        # the forward pass alone: the cotangent on h_t is known only after the readout
+        carry_t, h_t = jax.vmap(lambda p, c, tr, k: inner.step(p, c, tr, x_t, k)[:2])(cell_params, carry, trace, keys)
+
+        def finish(dh, g_readout):
+            dh = dh.reshape(n_columns, hidden_per_column)
+            _, _, g, trace_t = jax.vmap(column, in_axes=(0, 0, 0, None, 0, 0))(
+                cell_params, carry, trace, x_t, keys, dh
+            )
+            return g, g_readout, trace_t
+
+        return carry_t, h_t.reshape(-1), finish
+
+    return Credit(init, step)
+
+
+def columnar(
+    cell: Optional[Cell],
+    input_size: int,
+    output_size: int,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    n_columns: int,
+    readout: str = "linear",
+    normalise_inputs: Any = None,
+    normalise_features: Any = None,
+    readout_step_scale: bool = False,
+    column_credit: Callable[[Cell], Credit] = rtrl_credit,
+) -> Learner:
+    """A columnar network of ``n_columns`` copies of ``cell`` (default ``cells.lstm(1)``), each trained with
+    exact RTRL (``column_credit``, any one-column credit rule, e.g. ``snap1_credit``)."""
+    cell = cells.lstm(1) if cell is None else cell
+    n = check_positive_int("n_columns", n_columns)
+    net = stack_columns(cell, n)
+    credit = vmap_credit(column_credit(cell), n, cell.hidden_size)
+    return build("columnar", net, credit, input_size, output_size, objective, optimizer, readout,
+                 normalise_inputs, normalise_features, readout_step_scale)

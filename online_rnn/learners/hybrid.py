@@ -1,0 +1,234 @@
+"""Constructive and hybrid (columnar-constructive, CCN) networks: the paper's second constraint and both together.
+
+``hybrid(cell, ..., n_units, units_per_stage, steps_per_stage)``: ``n_units`` columns (copies of ``cell``,
+default ``cells.lstm(1)``) are grouped into ``n_units / units_per_stage`` stages. Stage ``s`` learns during
+steps ``[s * steps_per_stage, (s + 1) * steps_per_stage)``; before that its units do not exist (carry at its
+initial value, output 0); after it they are frozen: their parameters and their input-normalisation statistics
+stop changing, bit for bit, while the readout keeps learning over every unit that exists. After the last stage
+only the readout learns. ``constructive`` is ``hybrid`` with one unit per stage.
+
+Inputs. A unit of stage ``s`` reads the stream input ``x_t`` and the outputs of every unit of the stages before
+``s``, from the previous step (as in the authors' implementation: all units update in parallel, and the
+outputs of frozen stages are constants for the learning stage either way). Within a stage the units are
+independent columns, so the learning stage is trained with exact RTRL per column (the learning stage's columns
+only; frozen units need no trace) and the gradient for its parameters is exactly ``jax.grad`` of the loss
+through the sequence with the earlier stages held fixed. All stages are preallocated and the learning stage is
+selected from the step counter inside the compiled step: growth never recompiles.
+
+Input normalisation (``normalise_inputs``) here is per stage: each stage normalises its own inputs (``x_t`` and
+the earlier stages' outputs) with statistics that update only while the stage learns (the authors keep them per
+unit and connection, which is the same thing, since a stage's units see the same inputs over the same steps).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from online_rnn import cells, streaming
+from online_rnn.cells import Cell
+from online_rnn.learners.base import Credit, Learner, build, check_learner_args, check_positive_int, param_count
+from online_rnn.learners.rtrl import rtrl_credit
+from online_rnn.objectives import Objective
+
+
+class HybridTrace(NamedTuple):
+    t: jax.Array  # int32 steps taken (selects the stage)
+    columns: Any  # the learning stage's per-column RTRL traces, stacked (units_per_stage, ...)
+    input_stats: Any  # NormStats (n_stages, unit_input_size), or () without input normalisation
+
+
+class _Layout(NamedTuple):
+    n_units: int
+    units_per_stage: int
+    n_stages: int
+    k: int  # hidden size of one column
+    input_size: int
+    unit_input_size: int  # input_size + n_units * k
+    unit_stage: np.ndarray  # (n_units,) stage of each unit
+    visible: np.ndarray  # (n_stages, n_units * k) bool: feature j feeds stage s
+
+
+def _layout(cell: Cell, input_size: int, n_units: int, units_per_stage: int) -> _Layout:
+    n_stages = n_units // units_per_stage
+    k = cell.hidden_size
+    unit_stage = np.arange(n_units) // units_per_stage
+    feature_stage = np.repeat(unit_stage, k)
+    visible = feature_stage[None, :] < np.arange(n_stages)[:, None]
+    return _Layout(n_units, units_per_stage, n_stages, k, input_size, input_size + n_units * k, unit_stage, visible)
+
+
+def _staged_network(cell: Cell, lay: _Layout) -> Cell:
+    """The fully grown network as a Cell (all stages present, no normalisation); the learner's own forward
+    pass adds stages and normalisation."""
+
+    def init(key: jax.Array, input_size: int) -> Any:
+        return jax.vmap(lambda kk: cell.init(kk, lay.unit_input_size))(jax.random.split(key, lay.n_units))
+
+    def initial_carry(params: Any) -> Any:
+        return jax.vmap(cell.initial_carry)(params)
+
+    def apply(params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+        u = _stage_inputs(lay, x, _outputs(cell, carry))[lay.unit_stage]
+        carry_t, h_t = jax.vmap(cell.apply)(params, carry, u)
+        return carry_t, h_t.reshape(-1)
+
+    return Cell(init, initial_carry, apply, lay.n_units * lay.k, cell.n_gates, f"staged{lay.n_units}x{cell.name}")
+
+
+def _outputs(cell: Cell, carry: Any) -> jax.Array:
+    """Every unit's current output h (from its carry), flattened: (n_units * k,)."""
+    return jax.vmap(jax.vmap(cell.unit_output))(carry).reshape(-1)
+
+
+def _stage_inputs(lay: _Layout, x: jax.Array, h_prev: jax.Array) -> jax.Array:
+    """(n_stages, unit_input_size): stage s reads x_t and the previous outputs of the stages before s."""
+    visible = jnp.asarray(lay.visible, h_prev.dtype)
+    return jnp.concatenate([jnp.broadcast_to(x, (lay.n_stages, x.shape[0])), visible * h_prev], axis=1)
+
+
+def _slice_stage(tree: Any, stage: jax.Array, ups: int) -> Any:
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, stage * ups, ups, axis=0), tree)
+
+
+def _put_stage(tree: Any, part: Any, stage: jax.Array, ups: int) -> Any:
+    return jax.tree.map(lambda a, p: jax.lax.dynamic_update_slice_in_dim(a, p, stage * ups, axis=0), tree, part)
+
+
+def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Optional[streaming.Normalisation]):
+    inner = rtrl_credit(cell)
+    ups, n_stages = lay.units_per_stage, lay.n_stages
+    unit_stage = jnp.asarray(lay.unit_stage)
+
+    def stages(t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        learning = t // steps_per_stage  # may reach n_stages: then nothing but the readout learns
+        return learning, jnp.minimum(learning, n_stages - 1), learning < n_stages
+
+    def init(cell_params, carry, readout_params) -> HybridTrace:
+        stage_params = _slice_stage(cell_params, jnp.int32(0), ups)
+        stage_carry = _slice_stage(carry, jnp.int32(0), ups)
+        columns = jax.vmap(lambda p, c: inner.init(p, c, readout_params))(stage_params, stage_carry)
+        dtype = jax.tree.leaves(cell_params)[0].dtype
+        stats = () if in_norm is None else streaming.normaliser_init((n_stages, lay.unit_input_size), dtype)
+        return HybridTrace(jnp.zeros((), jnp.int32), columns, stats)
+
+    def step(cell_params, carry, trace: HybridTrace, x_t, key):
+        learning, stage, learns = stages(trace.t)
+        started = unit_stage <= learning  # (n_units,)
+        raw = _stage_inputs(lay, x_t, _outputs(cell, carry))
+        if in_norm is None:
+            u, stats = raw, trace.input_stats
+        else:
+            u = streaming.normalise(trace.input_stats, raw)
+            stats = streaming.normaliser_update(
+                trace.input_stats, raw, in_norm, (jnp.arange(n_stages) == learning)[:, None]
+            )
+        u_units = u[lay.unit_stage]
+        new_carry, h_units = jax.vmap(cell.apply)(cell_params, carry, u_units)
+        carry_t = jax.tree.map(
+            lambda new, old: jnp.where(started.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), new_carry, carry
+        )
+        h_t = (h_units * started[:, None]).reshape(-1)
+
+        # exact RTRL for the learning stage's columns; their traces restart at zero when the stage begins
+        stage_start = trace.t % steps_per_stage == 0
+        columns = jax.tree.map(lambda a: jnp.where(stage_start, jnp.zeros_like(a), a), trace.columns)
+        p_s = _slice_stage(cell_params, stage, ups)
+        c_s = _slice_stage(carry, stage, ups)
+        keys = jax.random.split(key, ups)
+
+        def column(p, c, tr, k, dh):
+            _, _, finish = inner.step(p, c, tr, u[stage], k)
+            g, _, tr_t = finish(dh, ())
+            return g, tr_t
+
+        def finish(dh, g_readout):
+            dh_units = dh.reshape(lay.n_units, lay.k)
+            dh_s = jax.lax.dynamic_slice_in_dim(dh_units, stage * ups, ups, axis=0)
+            g_s, columns_t = jax.vmap(column)(p_s, c_s, columns, keys, dh_s)
+            g_s = jax.tree.map(lambda g: jnp.where(learns, g, jnp.zeros_like(g)), g_s)
+            zeros = jax.tree.map(jnp.zeros_like, cell_params)
+            g_cell = _put_stage(zeros, g_s, stage, ups)
+            return g_cell, g_readout, HybridTrace(trace.t + 1, columns_t, stats)
+
+        return carry_t, h_t, finish
+
+    def active_features(trace: HybridTrace) -> jax.Array:
+        learning, _, _ = stages(trace.t)
+        return jnp.repeat(unit_stage <= learning, lay.k)
+
+    def update_mask(trace: HybridTrace) -> Any:
+        learning, _, _ = stages(trace.t)
+        learning_units = unit_stage == learning
+        shapes = jax.eval_shape(lambda: _staged_network(cell, lay).init(jax.random.PRNGKey(0), lay.input_size))
+        return jax.tree.map(lambda s: jnp.broadcast_to(learning_units.reshape((-1,) + (1,) * (len(s.shape) - 1)),
+                                                       s.shape), shapes)
+
+    return Credit(init, step, active_features, update_mask)
+
+
+def _effective_params(cell: Cell, lay: _Layout, output_size: int, readout: str) -> int:
+    """Parameters that can affect the prediction: a unit of stage s has a column's parameters for an input of
+    ``input_size + (features of stages < s)``; plus the readout."""
+    total = 0
+    for s in range(lay.n_stages):
+        in_eff = lay.input_size + s * lay.units_per_stage * lay.k
+        shapes = jax.eval_shape(lambda: cell.init(jax.random.PRNGKey(0), in_eff))
+        total += lay.units_per_stage * param_count(shapes)
+    if readout == "linear":
+        total += output_size * (lay.n_units * lay.k + 1)
+    return total
+
+
+def hybrid(
+    cell: Optional[Cell],
+    input_size: int,
+    output_size: int,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    n_units: int,
+    units_per_stage: int,
+    steps_per_stage: int,
+    readout: str = "linear",
+    normalise_inputs: Any = None,
+    normalise_features: Any = None,
+    readout_step_scale: bool = False,
+    name: str = "hybrid",
+) -> Learner:
+    """Columnar-constructive network (see the module docstring)."""
+    cell = cells.lstm(1) if cell is None else cell
+    check_learner_args(cell, input_size, output_size, objective, optimizer)
+    n_units = check_positive_int("n_units", n_units)
+    ups = check_positive_int("units_per_stage", units_per_stage)
+    steps_per_stage = check_positive_int("steps_per_stage", steps_per_stage)
+    if n_units % ups:
+        raise ValueError(f"n_units ({n_units}) must be a multiple of units_per_stage ({ups})")
+    if cell.unit_output is None:
+        raise ValueError(f"{name} needs a cell with per-unit structure (unit_output); {cell.name!r} has none")
+    lay = _layout(cell, input_size, n_units, ups)
+    in_norm = streaming.as_normalisation(normalise_inputs, "normalise_inputs")
+    credit = _hybrid_credit(cell, lay, steps_per_stage, in_norm)
+    return build(name, _staged_network(cell, lay), credit, input_size, output_size, objective, optimizer, readout,
+                 None, normalise_features, readout_step_scale, _effective_params(cell, lay, output_size, readout))
+
+
+def constructive(
+    cell: Optional[Cell],
+    input_size: int,
+    output_size: int,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    n_units: int,
+    steps_per_stage: int,
+    readout: str = "linear",
+    normalise_inputs: Any = None,
+    normalise_features: Any = None,
+    readout_step_scale: bool = False,
+) -> Learner:
+    """Constructive network: one unit per stage, each reading the input and every earlier unit."""
+    return hybrid(cell, input_size, output_size, objective, optimizer, n_units, 1, steps_per_stage, readout,
+                  normalise_inputs, normalise_features, readout_step_scale, name="constructive")

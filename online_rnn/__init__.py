@@ -1,6 +1,6 @@
 """online_rnn: online recurrent learning algorithms in JAX."""
 
-from online_rnn import cells, learners, objectives
+from online_rnn import cells, envs, learners, objectives, streaming
 
-__all__ = ["cells", "learners", "objectives"]
+__all__ = ["cells", "envs", "learners", "objectives", "streaming"]
 __version__ = "0.1.0"

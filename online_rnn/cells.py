@@ -41,6 +41,12 @@ class Cell(NamedTuple):
     own parameter rows ``leaf[i]``, its own carry entries ``carry_leaf[i]`` and the whole previous output
     ``h_tm1``; ``unit_output(unit_carry) -> h_i``. Then ``apply`` equals ``vmap(unit_apply)`` over units, with
     ``h_t = vmap(unit_output)(carry_t)``. Cells without that structure leave both ``None``.
+
+    Gated cells (elman, lstm, gru) are built from one per-unit map ``pointwise(unit_params, zx, zh,
+    unit_carry) -> unit_carry_t`` of the gate pre-activations ``zx = W_x[i] x_t + b[i]`` and
+    ``zh = W_h[i] h_{t-1}`` (both of shape ``(n_gates,)``); parameters other than ``w_x``, ``w_h``, ``b`` (GRU's
+    ``b_hn``) enter only through ``pointwise``. The fast learners differentiate ``pointwise`` instead of the
+    whole cell. Other cells leave it ``None``.
     """
 
     init: Callable[[jax.Array, int], Params]
@@ -51,6 +57,7 @@ class Cell(NamedTuple):
     name: str
     unit_apply: Optional[Callable[[Params, Carry, jax.Array, jax.Array], Carry]] = None
     unit_output: Optional[Callable[[Carry], jax.Array]] = None
+    pointwise: Optional[Callable[[Params, jax.Array, jax.Array, Carry], Carry]] = None
 
 
 class ElmanParams(NamedTuple):
@@ -122,10 +129,30 @@ def _check_input(x: jax.Array, w_x: jax.Array, cell_name: str) -> None:
         )
 
 
-def _gates(w_x: jax.Array, w_h: jax.Array, x: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Input and recurrent parts of the gate pre-activations, ``(..., n_gates)`` for all units ``(n, G, .)``
-    or one unit ``(G, .)``."""
-    return jnp.einsum("...gi,i->...g", w_x, x), jnp.einsum("...gm,m->...g", w_h, h)
+def gate_preactivations(params: Any, x: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``zx = W_x x + b`` and ``zh = W_h h``, shape ``(..., n_gates)``, for all units (leaves ``(n, G, .)``)
+    or one unit (leaves ``(G, .)``)."""
+    zx = jnp.einsum("...gi,i->...g", params.w_x, x) + params.b
+    zh = jnp.einsum("...gm,m->...g", params.w_h, h)
+    return zx, zh
+
+
+def _gated(name: str, n: int, n_gates: int, init: Callable, initial_carry: Callable, pointwise: Callable,
+           unit_output: Callable) -> Cell:
+    """A cell from its per-unit ``pointwise`` map (see :class:`Cell`)."""
+
+    def unit_apply(p: Any, carry_i: Any, h_prev: jax.Array, x: jax.Array) -> Any:
+        zx, zh = gate_preactivations(p, x, h_prev)
+        return pointwise(p, zx, zh, carry_i)
+
+    def apply(params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+        _check_input(x, params.w_x, name)
+        h_prev = jax.vmap(unit_output)(carry)
+        zx, zh = gate_preactivations(params, x, h_prev)
+        carry_t = jax.vmap(pointwise)(params, zx, zh, carry)
+        return carry_t, jax.vmap(unit_output)(carry_t)
+
+    return Cell(init, initial_carry, apply, n, n_gates, name, unit_apply, unit_output, pointwise)
 
 
 def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
@@ -145,19 +172,10 @@ def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
     def initial_carry(params: ElmanParams) -> jax.Array:
         return jnp.zeros((n,), params.b.dtype)
 
-    def pointwise(params: ElmanParams, h_prev: jax.Array, x: jax.Array) -> jax.Array:
-        zx, zh = _gates(params.w_x, params.w_h, x, h_prev)
-        return jnp.tanh(zx[..., 0] + zh[..., 0] + params.b[..., 0])
+    def pointwise(p: ElmanParams, zx: jax.Array, zh: jax.Array, h_i: jax.Array) -> jax.Array:
+        return jnp.tanh(zx[0] + zh[0])
 
-    def apply(params: ElmanParams, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        _check_input(x, params.w_x, "elman")
-        h_t = pointwise(params, h, x)
-        return h_t, h_t
-
-    def unit_apply(p: ElmanParams, h_i: jax.Array, h_prev: jax.Array, x: jax.Array) -> jax.Array:
-        return pointwise(p, h_prev, x)
-
-    return Cell(init, initial_carry, apply, n, 1, "elman", unit_apply, lambda h_i: h_i)
+    return _gated("elman", n, 1, init, initial_carry, pointwise, lambda h_i: h_i)
 
 
 def lstm(hidden_size: int, forget_bias: float = 1.0, init_range: Optional[float] = None) -> Cell:
@@ -185,25 +203,16 @@ def lstm(hidden_size: int, forget_bias: float = 1.0, init_range: Optional[float]
         zeros = jnp.zeros((n,), params.b.dtype)
         return LSTMCarry(h=zeros, c=zeros)
 
-    def pointwise(params: LSTMParams, c_prev: jax.Array, h_prev: jax.Array, x: jax.Array) -> LSTMCarry:
-        zx, zh = _gates(params.w_x, params.w_h, x, h_prev)
-        z = zx + zh + params.b
-        i = jax.nn.sigmoid(z[..., 0])
-        f = jax.nn.sigmoid(z[..., 1])
-        o = jax.nn.sigmoid(z[..., 2])
-        g = jnp.tanh(z[..., 3])
-        c_t = f * c_prev + i * g
+    def pointwise(p: LSTMParams, zx: jax.Array, zh: jax.Array, carry_i: LSTMCarry) -> LSTMCarry:
+        z = zx + zh
+        i = jax.nn.sigmoid(z[0])
+        f = jax.nn.sigmoid(z[1])
+        o = jax.nn.sigmoid(z[2])
+        g = jnp.tanh(z[3])
+        c_t = f * carry_i.c + i * g
         return LSTMCarry(h=o * jnp.tanh(c_t), c=c_t)
 
-    def apply(params: LSTMParams, carry: LSTMCarry, x: jax.Array) -> tuple[LSTMCarry, jax.Array]:
-        _check_input(x, params.w_x, "lstm")
-        carry_t = pointwise(params, carry.c, carry.h, x)
-        return carry_t, carry_t.h
-
-    def unit_apply(p: LSTMParams, carry_i: LSTMCarry, h_prev: jax.Array, x: jax.Array) -> LSTMCarry:
-        return pointwise(p, carry_i.c, h_prev, x)
-
-    return Cell(init, initial_carry, apply, n, 4, "lstm", unit_apply, lambda carry_i: carry_i.h)
+    return _gated("lstm", n, 4, init, initial_carry, pointwise, lambda carry_i: carry_i.h)
 
 
 def gru(hidden_size: int, init_range: Optional[float] = None) -> Cell:
@@ -229,23 +238,13 @@ def gru(hidden_size: int, init_range: Optional[float] = None) -> Cell:
     def initial_carry(params: GRUParams) -> jax.Array:
         return jnp.zeros((n,), params.b.dtype)
 
-    def pointwise(params: GRUParams, h_own: jax.Array, h_prev: jax.Array, x: jax.Array) -> jax.Array:
-        zx, zh = _gates(params.w_x, params.w_h, x, h_prev)
-        zx = zx + params.b
-        r = jax.nn.sigmoid(zx[..., 0] + zh[..., 0])
-        z = jax.nn.sigmoid(zx[..., 1] + zh[..., 1])
-        cand = jnp.tanh(zx[..., 2] + r * (zh[..., 2] + params.b_hn))
-        return (1.0 - z) * cand + z * h_own
+    def pointwise(p: GRUParams, zx: jax.Array, zh: jax.Array, h_i: jax.Array) -> jax.Array:
+        r = jax.nn.sigmoid(zx[0] + zh[0])
+        z = jax.nn.sigmoid(zx[1] + zh[1])
+        cand = jnp.tanh(zx[2] + r * (zh[2] + p.b_hn))
+        return (1.0 - z) * cand + z * h_i
 
-    def apply(params: GRUParams, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        _check_input(x, params.w_x, "gru")
-        h_t = pointwise(params, h, h, x)
-        return h_t, h_t
-
-    def unit_apply(p: GRUParams, h_i: jax.Array, h_prev: jax.Array, x: jax.Array) -> jax.Array:
-        return pointwise(p, h_i, h_prev, x)
-
-    return Cell(init, initial_carry, apply, n, 3, "gru", unit_apply, lambda h_i: h_i)
+    return _gated("gru", n, 3, init, initial_carry, pointwise, lambda h_i: h_i)
 
 
 _CELLS: dict[str, Callable[..., Cell]] = {"elman": elman, "lstm": lstm, "gru": gru}

@@ -1,0 +1,261 @@
+"""Reading results folders and turning them into comparison tables.
+
+For every learner the best setting of its swept hyperparameters (step size, and lambda or optimizer settings when
+those are swept too) is the one with the lowest final-window metric, averaged over seeds, among the settings
+none of whose runs diverged (if every setting had a diverged run: among all, over the runs that did not
+diverge). The table reports that mean with a 95% confidence interval over seeds (Student's t), the number of
+diverged runs at that setting and in the whole sweep, the parameter count, XLA's FLOPs for one learner step and
+the measured seed-steps per second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from online_rnn.experiment.config import ConfigError
+from online_rnn.experiment.runner import CONFIG_FILE, PROGRESS, RESULTS, SUMMARY, _atomic_write, group_dir_name
+
+HP_SHORT = {"learning_rate": "lr", "lam": "λ"}
+
+
+@dataclass
+class Setting:
+    """One combination of swept hyperparameters and its runs (one per seed)."""
+
+    hparams: dict
+    runs: np.ndarray  # indices into the learner's run axis
+    final: np.ndarray  # final-window metric per run (NaN if diverged)
+    diverged: int
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.final[np.isfinite(self.final)]
+
+    @property
+    def mean(self) -> float:
+        ok = self.ok
+        return float(ok.mean()) if ok.size else math.nan
+
+    def ci95(self) -> float:
+        return ci95(self.ok)
+
+
+@dataclass
+class LearnerResult:
+    label: str
+    spec: dict  # the learner's entry of the resolved config
+    summary: Optional[dict] = None
+    arrays: Optional[dict] = None
+    progress: Optional[dict] = None
+
+    @property
+    def complete(self) -> bool:
+        return self.arrays is not None
+
+    def settings(self) -> list[Setting]:
+        """Runs grouped by their non-seed hyperparameters, in sweep order."""
+        arrays = self.arrays
+        names = self.summary["hparams"]
+        keys = list(zip(*(arrays[f"hp_{n}"] for n in names))) if names else [()] * len(arrays["seed"])
+        order: list[tuple] = []
+        for k in keys:
+            if k not in order:
+                order.append(k)
+        div = arrays["diverged_at"] >= 0
+        out = []
+        for k in order:
+            idx = np.array([i for i, kk in enumerate(keys) if kk == k])
+            out.append(Setting(dict(zip(names, map(float, k))), idx, arrays["final"][idx], int(div[idx].sum())))
+        return out
+
+    def best(self) -> Optional[Setting]:
+        settings = [s for s in self.settings() if s.ok.size]
+        if not settings:
+            return None
+        clean = [s for s in settings if s.diverged == 0]
+        return min(clean or settings, key=lambda s: s.mean)
+
+    def swept(self) -> list[str]:
+        """Hyperparameters with more than one value in this learner's sweep (learning rate always)."""
+        sweep = self.spec.get("sweep", {})
+        return [k for k, v in sweep.items() if k != "seeds" and (k == "learning_rate" or len(v) > 1)]
+
+
+@dataclass
+class Results:
+    folder: Path
+    config: dict
+    hash: str
+    learners: list[LearnerResult] = field(default_factory=list)
+
+    @property
+    def benchmark_key(self) -> str:
+        c = self.config
+        return json.dumps({"env": c["env"], "objective": c["objective"], "target": c["metric"]["target"]},
+                          sort_keys=True)
+
+
+def load_results(folder: str | Path) -> Results:
+    """Read a results folder written by :func:`online_rnn.experiment.run` (complete or not)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{folder}: not a results folder (no {CONFIG_FILE}); run `online-rnn run CONFIG` first")
+    data = json.loads(path.read_text())
+    res = Results(folder, data["config"], data["hash"])
+    for spec in data["config"]["learners"]:
+        sub = folder / group_dir_name(spec["label"])
+        lr = LearnerResult(spec["label"], spec)
+        if (sub / PROGRESS).exists():
+            lr.progress = json.loads((sub / PROGRESS).read_text())
+        if (sub / RESULTS).exists() and (sub / SUMMARY).exists():
+            lr.summary = json.loads((sub / SUMMARY).read_text())
+            with np.load(sub / RESULTS) as npz:
+                lr.arrays = {k: np.asarray(npz[k]) for k in npz.files}
+        res.learners.append(lr)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def t_quantile(df: int, p: float = 0.975) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(p, df))
+
+
+def ci95(values: np.ndarray) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t); NaN for fewer than 2 values."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    n = values.size
+    if n < 2:
+        return math.nan
+    return t_quantile(n - 1) * float(values.std(ddof=1)) / math.sqrt(n)
+
+
+# ------------------------------------------------------------------------------------------------- tables
+
+
+def metric_name(config: dict) -> str:
+    target = config["metric"]["target"]
+    if target == "loss":
+        obj = config["objective"]["name"]
+        return {"softmax_cross_entropy": "cross-entropy (nats)", "sigmoid_cross_entropy": "cross-entropy (nats)",
+                "squared_error": "squared error"}.get(obj, f"{obj} loss")
+    return "MSRE" if target == "return" else "MSRE (per-trial return)"
+
+
+def benchmark_title(config: dict) -> str:
+    env = dict(config["env"])
+    name = env.pop("name")
+    args = ", ".join(f"{k}={v}" for k, v in env.items())
+    return f"{name}({args})" if args else name
+
+
+def fmt(x: Optional[float], digits: int = 4) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}g}"
+
+
+def fmt_count(x: Optional[float]) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
+def _setting_text(setting: Setting, swept: list[str]) -> str:
+    parts = []
+    for name in swept:
+        if name in setting.hparams:
+            parts.append(f"{HP_SHORT.get(name, name)} {setting.hparams[name]:g}")
+    return ", ".join(parts) or "-"
+
+
+def table(results: list[Results]) -> str:
+    """Markdown table of one benchmark from one or more results folders (same stream and metric)."""
+    first = results[0]
+    config = first.config
+    name = metric_name(config)
+    is_copy = config["env"]["name"] == "copy_task"
+    logs = list(config["metric"].get("log") or [])
+    head = ["learner", "steps", "best setting", f"final {name}, mean ± 95% CI", "seeds", "diverged (best/all)",
+            "params", "FLOPs/step", "seed-steps/s"]
+    if is_copy:
+        head.insert(4, "bits/char")
+    head[4 + is_copy:4 + is_copy] = [f"{log} (end)" for log in logs]
+    rows: list[tuple[float, list[str]]] = []
+    lower_bound = False
+    for res in results:
+        for lr in res.learners:
+            if not lr.complete:
+                done = lr.progress or {}
+                frac = done.get("steps_done", 0) / max(done.get("steps", 1), 1)
+                row = [lr.label, str(lr.spec.get("steps")), f"incomplete ({100 * frac:.0f}% done)"]
+                rows.append((math.inf, row + [""] * (len(head) - len(row))))
+                continue
+            s = lr.summary
+            best = lr.best()
+            total_div = int((lr.arrays["diverged_at"] >= 0).sum())
+            flops = s.get("flops_per_step")
+            lower_bound |= bool(s.get("flops_lower_bound")) and flops is not None
+            flops_text = ("≥" if s.get("flops_lower_bound") and flops is not None else "") + fmt_count(flops)
+            if best is None:
+                row = [lr.label, str(s["steps"]), "all diverged", "n/a"]
+                row += ["n/a"] * is_copy + [""] * len(logs)
+                row += ["0", f"-/{total_div}", str(s["n_params"]), flops_text, fmt_count(s["seed_steps_per_second"])]
+                rows.append((math.inf, row))
+                continue
+            mean, ci = best.mean, best.ci95()
+            value = f"{fmt(mean)} ± {fmt(ci, 2)}" if np.isfinite(ci) else f"{fmt(mean)}"
+            row = [lr.label, str(s["steps"]), _setting_text(best, lr.swept()), value]
+            if is_copy:
+                row.append(fmt(mean / math.log(2)))
+            for j, _ in enumerate(logs):
+                vals = lr.arrays["log_final"][best.runs, j]
+                row.append(fmt(float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan))
+            row += [str(best.ok.size), f"{best.diverged}/{total_div}", str(s["n_params"]), flops_text,
+                    fmt_count(s["seed_steps_per_second"])]
+            rows.append((mean, row))
+    rows.sort(key=lambda r: r[0])
+    windows = sorted({lr.summary["window"] for res in results for lr in res.learners if lr.complete})
+    window_text = " / ".join(f"{w:,}" for w in windows) or "?"
+    lines = [
+        f"## {benchmark_title(config)}: {name}",
+        "",
+        f"Final metric: mean over the last {window_text} steps of each run; best setting by that mean over seeds "
+        f"(non-diverged runs). Results: {', '.join(str(r.folder) for r in results)}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for _, r in rows]
+    if lower_bound:
+        lines += ["", "≥: the compiled step contains a loop, whose body XLA's cost analysis counts once."]
+    return "\n".join(lines) + "\n"
+
+
+def compare(folders: list[str | Path], write: bool = True) -> str:
+    """Markdown tables, one per benchmark, of the results folders; written to ``comparison.md`` in the first
+    folder when ``write``."""
+    if not folders:
+        raise ConfigError("compare: give at least one results folder")
+    loaded = [load_results(f) for f in folders]
+    groups: dict[str, list[Results]] = {}
+    for res in loaded:
+        groups.setdefault(res.benchmark_key, []).append(res)
+    text = "\n".join(table(group) for group in groups.values())
+    if write:
+        _atomic_write(Path(folders[0]) / "comparison.md", lambda fh: fh.write(text.encode()))
+    return text

@@ -1,0 +1,617 @@
+"""Compiled, sharded, resumable sweeps.
+
+One run is one ``lax.scan`` over time of ``env.step -> learner.step -> env.feedback -> metric``. All runs of one
+learner entry (seeds x step sizes x lambda x optimizer hyperparameters, flattened into one run axis) are
+``vmap``ped inside one compiled function, and that axis is split over the host's devices with ``shard_map``
+(each device runs its own runs; nothing is communicated, so results do not depend on the number of devices).
+Shape-changing settings are separate learner entries, hence separate compilations.
+
+Random numbers depend on the seed only (common random numbers across learners and step sizes)::
+
+    env_key = fold_in(PRNGKey(seed), 0)      # reset key; step t uses fold_in(env_key, t)
+    init_key = fold_in(PRNGKey(seed), 1)     # learner.init
+
+Runs are scanned in chunks of ``chunk`` steps by one compiled function that takes the step offset as an array
+(no retracing between chunks). After each chunk the per-step errors are binned on the host in float64, and the
+carried state plus the host accumulators are saved atomically to ``<out>/<label>/checkpoint.npz``; running the
+same config again resumes there and ends bit-identical to an uninterrupted run.
+
+Divergence: a run whose prediction or error becomes NaN/inf is frozen (``jnp.where`` over its state) at the step
+before, its step is recorded in ``diverged_at``, and it contributes nothing more; the other runs are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from online_rnn.experiment import config as cfg
+from online_rnn.experiment.config import ConfigError, Experiment, LearnerSpec
+from online_rnn.objectives import Target
+
+CONFIG_FILE = "config.json"
+CHECKPOINT = "checkpoint.npz"
+PROGRESS = "progress.json"
+RESULTS = "results.npz"
+SUMMARY = "summary.json"
+FORMAT_VERSION = 1
+
+
+class RunCarry(NamedTuple):
+    env: Any
+    learner: Any
+    env_key: jax.Array
+    diverged_at: jax.Array  # int32 step of the first non-finite prediction or error; -1 while finite
+
+
+# ------------------------------------------------------------------------------------------- hyperparameters
+
+
+def set_hyperparams(state: Any, **values: Any) -> Any:
+    """Set per-run hyperparameters in a learner state: ``lam`` / ``gamma`` in the objective state (TD), and any
+    other name (``learning_rate``, ``beta2``, ...) in every ``optax.inject_hyperparams`` state found inside
+    ``state.opt_state``. Values keep the dtype already in the state. Unknown names raise ``ValueError``."""
+    found: set[str] = set()
+    objective = state.objective
+    fields = getattr(objective, "_fields", ())
+    for name in ("lam", "gamma"):
+        if name in values and name in fields:
+            old = getattr(objective, name)
+            objective = objective._replace(**{name: jnp.asarray(values[name], jnp.asarray(old).dtype)})
+            found.add(name)
+    inject_types = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, inject_types):
+            hps = dict(node.hyperparams)
+            for key in hps:
+                if key in values:
+                    hps[key] = jnp.asarray(values[key], jnp.asarray(hps[key]).dtype)
+                    found.add(key)
+            return node._replace(hyperparams=hps, inner_state=visit(node.inner_state))
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*(visit(child) for child in node))
+        if isinstance(node, (list, tuple)):
+            return type(node)(visit(child) for child in node)
+        if isinstance(node, dict):
+            return {k: visit(v) for k, v in node.items()}
+        return node
+
+    opt_state = visit(state.opt_state)
+    missing = sorted(set(values) - found)
+    if missing:
+        raise ValueError(
+            f"set_hyperparams: {', '.join(missing)} not found (build the optimizer with optax.inject_hyperparams; "
+            f"lam and gamma need a td_lambda objective)"
+        )
+    return state._replace(opt_state=opt_state, objective=objective)
+
+
+# ------------------------------------------------------------------------------------------------ one run
+
+
+def _tree_where(cond: jax.Array, a: Any, b: Any) -> Any:
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+class RunFunctions(NamedTuple):
+    init: Any  # (seed, hparams) -> RunCarry
+    step: Any  # (carry, t) -> (carry, (err, weight, logs))
+    env: Any
+    env_params: Any
+    learner: Any
+
+
+def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
+    """The unbatched init and step of one run of ``spec`` (pure functions; the runner vmaps and shards them)."""
+    env, env_params, learner = cfg.build(exp, spec)
+    kind, target, logs, steps = exp.kind, exp.metric["target"], exp.metric["log"], spec.steps
+
+    def init(seed: jax.Array, hparams: dict) -> RunCarry:
+        base = jax.random.PRNGKey(seed)
+        env_key = jax.random.fold_in(base, 0)
+        _, env_state = env.reset(env_key, env_params)
+        state = learner.init(jax.random.fold_in(base, 1))
+        state = set_hyperparams(state, **hparams)
+        return RunCarry(env_state, state, env_key, jnp.asarray(-1, jnp.int32))
+
+    def metric(info_l: Any, info: dict, signal: Any) -> tuple[jax.Array, jax.Array]:
+        if kind == "prediction":
+            if target not in info:
+                raise ConfigError(f"metric.target: the stream gives no {target!r}; it gives: {', '.join(info)}")
+            err = (info_l.prediction[0] - info[target].astype(info_l.prediction.dtype)) ** 2
+            return err, jnp.ones_like(err)
+        err = jnp.asarray(info_l.loss)
+        weight = signal.weight if isinstance(signal, Target) else 1.0
+        return err, jnp.asarray(weight, err.dtype)
+
+    def step(carry: RunCarry, t: jax.Array) -> tuple[RunCarry, tuple]:
+        key_t = jax.random.fold_in(carry.env_key, t)
+        obs, signal, info, env_state = env.step(key_t, carry.env, env_params)
+        state, info_l = learner.step(carry.learner, obs, signal)
+        env_state = env.feedback(env_state, env_params, info_l.prediction)
+        err, weight = metric(info_l, info, signal)
+        bad = ~(jnp.all(jnp.isfinite(info_l.prediction)) & jnp.isfinite(err))
+        active = (t < steps) & (carry.diverged_at < 0)
+        ok = active & ~bad
+        for name in logs:
+            if name not in info:
+                raise ConfigError(f"metric.log: the stream gives no {name!r}; it gives: {', '.join(info)}")
+            if jnp.shape(info[name]) != ():
+                raise ConfigError(f"metric.log: {name!r} is not a scalar (shape {jnp.shape(info[name])})")
+        logged = jnp.stack([jnp.asarray(info[n], jnp.float32) for n in logs]) if logs else jnp.zeros((0,))
+        new = RunCarry(
+            env=_tree_where(ok, env_state, carry.env),
+            learner=_tree_where(ok, state, carry.learner),
+            env_key=carry.env_key,
+            diverged_at=jnp.where(active & bad, t, carry.diverged_at).astype(jnp.int32),
+        )
+        zero = jnp.zeros_like(err)
+        out = (jnp.where(ok, err, zero).astype(jnp.float32), jnp.where(ok, weight, zero).astype(jnp.float32),
+               jnp.where(t < steps, logged, 0.0))
+        return new, out
+
+    return RunFunctions(init, step, env, env_params, learner)
+
+
+def _hparams_example(spec: LearnerSpec) -> dict:
+    return {k: jnp.asarray(v[0], jnp.float32) for k, v in spec.sweep.items() if k != "seeds"}
+
+
+def check_step(exp: Experiment, spec: LearnerSpec) -> None:
+    """Trace one init and one step of a run with ``jax.eval_shape`` (nothing compiles); raises on misfits."""
+    fns = run_functions(exp, spec)
+    jax.eval_shape(lambda: fns.step(fns.init(jnp.int32(0), _hparams_example(spec)), jnp.int32(0)))
+
+
+def lower_step(exp: Experiment, spec: LearnerSpec, fns: Optional[RunFunctions] = None) -> Any:
+    """The unbatched ``learner.step`` of ``spec``, lowered (abstract inputs; compile it for its cost)."""
+    fns = fns or run_functions(exp, spec)
+    state = jax.eval_shape(fns.learner.init, jax.random.PRNGKey(0))
+    obs, signal = jax.eval_shape(
+        lambda: fns.env.step(jax.random.PRNGKey(0), fns.env.reset(jax.random.PRNGKey(0), fns.env_params)[1],
+                             fns.env_params)[:2]
+    )
+    return jax.jit(fns.learner.step).lower(state, obs, signal)
+
+
+def step_flops(lowered_step: Any) -> tuple[Optional[float], bool]:
+    """FLOPs of one unbatched ``learner.step`` from XLA's cost analysis of the compiled step, and whether the
+    compiled step holds a loop (XLA counts a loop body once, so the count is then a lower bound)."""
+    compiled = lowered_step.compile()
+    text = compiled.as_text() or ""
+    return _flops_of(compiled), bool(re.search(r"\bwhile\(", text))
+
+
+def _flops_of(compiled: Any) -> Optional[float]:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (backends without cost analysis)
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+# ---------------------------------------------------------------------------------------------- accumulators
+
+
+class Accumulators:
+    """Host-side float64 sums of the per-step outputs of every run: binned curves, the final window, logs."""
+
+    NAMES = ("bin_err", "bin_weight", "bin_log", "bin_count", "win_err", "win_weight", "last_log")
+
+    def __init__(self, n_runs: int, steps: int, bins: int, window: int, n_logs: int):
+        self.steps, self.bins, self.window = steps, bins, window
+        self.bin_err = np.zeros((n_runs, bins))
+        self.bin_weight = np.zeros((n_runs, bins))
+        self.bin_log = np.zeros((n_runs, n_logs, bins))
+        self.bin_count = np.zeros((bins,))
+        self.win_err = np.zeros((n_runs,))
+        self.win_weight = np.zeros((n_runs,))
+        self.last_log = np.full((n_runs, n_logs), np.nan)
+
+    def bin_edges(self) -> np.ndarray:
+        """End step (exclusive) of every bin."""
+        return np.array([self._bin_start(b + 1) for b in range(self.bins)], np.int64)
+
+    def _bin_start(self, b: int) -> int:
+        return -(-b * self.steps // self.bins)  # first t with t * bins // steps >= b
+
+    def add(self, t0: int, err: np.ndarray, weight: np.ndarray, logs: np.ndarray) -> None:
+        """Add the outputs of steps ``t0 .. t0 + n - 1`` (arrays (runs, n) and (runs, n, logs))."""
+        n = min(err.shape[1], self.steps - t0)
+        if n <= 0:
+            return
+        err, weight, logs = (np.asarray(a[:, :n], np.float64) for a in (err, weight, logs))
+        first, last = t0 * self.bins // self.steps, (t0 + n - 1) * self.bins // self.steps
+        for b in range(first, last + 1):
+            lo = max(self._bin_start(b), t0) - t0
+            hi = min(self._bin_start(b + 1), t0 + n) - t0
+            self.bin_err[:, b] += err[:, lo:hi].sum(1)
+            self.bin_weight[:, b] += weight[:, lo:hi].sum(1)
+            self.bin_log[:, :, b] += logs[:, lo:hi].sum(1)
+            self.bin_count[b] += hi - lo
+        lo = max(self.steps - self.window, t0) - t0
+        if lo < n:
+            self.win_err += err[:, lo:].sum(1)
+            self.win_weight += weight[:, lo:].sum(1)
+        if logs.shape[2]:
+            self.last_log = logs[:, -1, :]
+
+    def state(self) -> dict:
+        return {f"acc_{k}": getattr(self, k) for k in self.NAMES}
+
+    def restore(self, data: Any) -> None:
+        for k in self.NAMES:
+            want = getattr(self, k)
+            got = np.asarray(data[f"acc_{k}"])
+            if got.shape != want.shape:
+                raise ConfigError(f"checkpoint accumulator {k} has shape {got.shape}, expected {want.shape}")
+            setattr(self, k, got.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file in the same folder and ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    _atomic_write(path, lambda fh: fh.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def check_results_folder(out: Path, exp: Experiment) -> None:
+    """Refuse a results folder that holds results of a different config (one-line error naming the first
+    differing keys)."""
+    stored = out / CONFIG_FILE
+    if not stored.exists():
+        if out.exists() and any(p.suffix == ".npz" for p in out.rglob("*.npz")):
+            raise ConfigError(f"results folder {out} holds results but no {CONFIG_FILE}; use another --out")
+        return
+    try:
+        data = json.loads(stored.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"results folder {out}: unreadable {CONFIG_FILE} ({err}); use another --out") from None
+    if data.get("hash") != exp.hash:
+        diff = _differences(data.get("config", {}), exp.resolved)
+        where = f" (differs at: {', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''})" if diff else ""
+        raise ConfigError(
+            f"results folder {out} belongs to a different config{where}; use another --out or delete the folder"
+        )
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in list(a) + [k for k in b if k not in a]:
+            out += _differences(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{path}.{key}" if path else key)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += _differences(x, y, f"{path}.{i}")
+        return out
+    return [] if a == b else [path or "<root>"]
+
+
+def group_dir_name(label: str) -> str:
+    """Where a learner's files live inside a results folder."""
+    return f"learners/{label}"
+
+
+def group_dir(out: Path, spec: LearnerSpec) -> Path:
+    return out / group_dir_name(spec.label)
+
+
+# ----------------------------------------------------------------------------------------------- groups
+
+
+def _mesh(n_runs: int) -> Mesh:
+    devices = jax.devices()[: max(1, min(len(jax.devices()), n_runs))]
+    return Mesh(np.array(devices), ("runs",))
+
+
+class Group:
+    """All runs of one learner entry: one compiled chunk function, sharded over devices."""
+
+    def __init__(self, exp: Experiment, spec: LearnerSpec):
+        self.exp, self.spec = exp, spec
+        self.fns = run_functions(exp, spec)
+        self.grid = spec.grid()
+        self.n_runs = len(self.grid)
+        self.mesh = _mesh(self.n_runs)
+        self.n_devices = self.mesh.devices.size
+        self.n_padded = -(-self.n_runs // self.n_devices) * self.n_devices
+        pad = [self.grid[0]] * (self.n_padded - self.n_runs)  # copies of run 0, dropped from results
+        rows = self.grid + pad
+        self.seeds = np.array([r["seed"] for r in rows], np.int32)
+        self.hparams = {k: np.array([r[k] for r in rows], np.float32) for k in spec.hparam_names}
+        self.sharded = NamedSharding(self.mesh, P("runs"))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.n_traces = 0
+        self.compile_seconds = 0.0
+        self.flops: Optional[float] = None
+        self.flops_lower_bound = False
+        self._chunk = None
+        self._init = None
+
+    # -- the compiled functions
+    def _chunk_local(self, carry: RunCarry, t0: jax.Array) -> tuple[RunCarry, tuple]:
+        self.n_traces += 1  # counts traces: one per compilation, none between chunks
+        ts = t0 + jnp.arange(self.spec.chunk, dtype=jnp.int32)
+
+        def one(c: RunCarry) -> tuple[RunCarry, tuple]:
+            return jax.lax.scan(self.fns.step, c, ts)
+
+        return jax.vmap(one)(carry)
+
+    def _init_local(self, seeds: jax.Array, hparams: dict) -> RunCarry:
+        return jax.vmap(self.fns.init)(seeds, hparams)
+
+    def _sharded(self, fn: Any, in_specs: Any) -> Any:
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=P("runs"), check_vma=False)
+
+    def abstract_carry(self) -> RunCarry:
+        shapes = jax.eval_shape(self._init_local, self.seeds, {k: v for k, v in self.hparams.items()})
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.sharded), shapes)
+
+    def lower(self, flops: bool = True) -> tuple[Any, Any, Any]:
+        """Trace and lower the init and chunk functions, and the unbatched step for its FLOPs (on the calling
+        thread); compile them with :meth:`compile` (which may run on a worker thread)."""
+        init = jax.jit(self._sharded(self._init_local, (P("runs"), P("runs"))))
+        chunk = jax.jit(self._sharded(self._chunk_local, (P("runs"), P())), donate_argnums=0)
+        t0 = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
+        seeds = jax.ShapeDtypeStruct(self.seeds.shape, jnp.int32, sharding=self.sharded)
+        hps = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32, sharding=self.sharded) for k, v in self.hparams.items()}
+        step = lower_step(self.exp, self.spec, self.fns) if flops else None
+        return init.lower(seeds, hps), chunk.lower(self.abstract_carry(), t0), step
+
+    def compile(self, lowered: tuple[Any, Any, Any]) -> None:
+        start = time.perf_counter()
+        init, chunk, step = lowered
+        self._init = init.compile()
+        self._chunk = chunk.compile()
+        if step is not None:
+            self.flops, self.flops_lower_bound = step_flops(step)
+        self.compile_seconds = time.perf_counter() - start
+
+    # -- state
+    def init_carry(self) -> RunCarry:
+        seeds = jax.device_put(self.seeds, self.sharded)
+        hps = {k: jax.device_put(v, self.sharded) for k, v in self.hparams.items()}
+        return self._init(seeds, hps)
+
+    def run_chunk(self, carry: RunCarry, t0: int) -> tuple[RunCarry, tuple]:
+        # a no-op for leaves already split over the runs axis; XLA hands back empty leaves replicated
+        carry = jax.device_put(carry, self.sharded)
+        return self._chunk(carry, jax.device_put(np.int32(t0), self.replicated))
+
+    def carry_leaves(self, carry: RunCarry) -> list[np.ndarray]:
+        leaves = jax.tree.leaves(carry)
+        return [np.asarray(jax.device_get(leaf))[: self.n_runs] for leaf in leaves]
+
+    def carry_from_leaves(self, leaves: list[np.ndarray]) -> RunCarry:
+        abstract = self.abstract_carry()
+        want, treedef = jax.tree.flatten(abstract)
+        if len(leaves) != len(want):
+            raise ConfigError(f"checkpoint of {self.spec.label} has {len(leaves)} arrays, expected {len(want)}")
+        out = []
+        for leaf, spec in zip(leaves, want):
+            if leaf.shape[1:] != spec.shape[1:] or leaf.shape[0] != self.n_runs or leaf.dtype != spec.dtype:
+                raise ConfigError(
+                    f"checkpoint of {self.spec.label} does not match the learner (array {leaf.shape} {leaf.dtype}, "
+                    f"expected {(self.n_runs,) + spec.shape[1:]} {spec.dtype}); delete it to start over"
+                )
+            pad = np.repeat(leaf[:1], self.n_padded - self.n_runs, axis=0)
+            out.append(jax.device_put(np.concatenate([leaf, pad]) if len(pad) else leaf, self.sharded))
+        return jax.tree.unflatten(treedef, out)
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class RunReport:
+    out: Path
+    complete: bool
+    labels_done: list[str]
+    seconds: float
+
+
+def run(
+    exp: Experiment,
+    out: str | Path,
+    progress: bool = True,
+    max_chunks: Optional[int] = None,
+    flops: bool = True,
+    workers: Optional[int] = None,
+) -> RunReport:
+    """Run (or resume) every learner of ``exp``, writing results to ``out``. ``max_chunks`` stops after that
+    many chunks in this call (the state is saved; calling again resumes). Compilation of the learners runs in a
+    thread pool of ``workers`` (default: one per CPU core) before the runs start."""
+    start = time.perf_counter()
+    out = Path(out)
+    check_results_folder(out, exp)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_FILE, {"hash": exp.hash, "config": exp.resolved, "format": FORMAT_VERSION})
+    pending = [s for s in exp.learners if not (group_dir(out, s) / RESULTS).exists()]
+    done = [s.label for s in exp.learners if s not in pending]
+    groups = [Group(exp, s) for s in pending]
+    if groups:
+        lowered = [g.lower(flops) for g in groups]  # tracing stays on the calling thread
+        workers = workers or max(1, min(len(groups), _cores()))
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda gl: gl[0].compile(gl[1]), zip(groups, lowered)))
+    chunks_left = [max_chunks]
+    for group in groups:
+        if not _run_group(group, out, progress, chunks_left):
+            return RunReport(out, False, done, time.perf_counter() - start)
+        done.append(group.spec.label)
+    return RunReport(out, True, done, time.perf_counter() - start)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _run_group(group: Group, out: Path, progress: bool, chunks_left: list) -> bool:
+    from tqdm.auto import tqdm
+
+    spec, exp = group.spec, group.exp
+    folder = group_dir(out, spec)
+    acc = Accumulators(group.n_runs, spec.steps, spec.bins, spec.window, len(exp.metric["log"]))
+    ckpt = folder / CHECKPOINT
+    t, wall = 0, 0.0
+    if ckpt.exists():
+        with np.load(ckpt) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("hash") != exp.hash or meta.get("label") != spec.label:
+                raise ConfigError(f"checkpoint {ckpt} belongs to a different config; delete it to start over")
+            leaves = [np.asarray(data[f"leaf_{i:04d}"]) for i in range(meta["n_leaves"])]
+            acc.restore(data)
+            t, wall = int(meta["t"]), float(meta["wall_seconds"])
+        carry = group.carry_from_leaves(leaves)
+    else:
+        carry = group.init_carry()
+    metric_name = "MSRE" if exp.kind == "prediction" else "loss"
+    bar = tqdm(total=spec.steps, initial=t, desc=f"{spec.label} ({group.n_runs} runs)", unit="step",
+               unit_scale=True, disable=not progress, dynamic_ncols=True, leave=True)
+    try:
+        while t < spec.steps:
+            if chunks_left[0] is not None:
+                if chunks_left[0] <= 0:
+                    return False
+                chunks_left[0] -= 1
+            tic = time.perf_counter()
+            carry, (err, weight, logs) = group.run_chunk(carry, t)
+            err, weight, logs = (np.asarray(jax.device_get(a))[: group.n_runs] for a in (err, weight, logs))
+            wall += time.perf_counter() - tic
+            acc.add(t, err, weight, logs)
+            n = min(spec.chunk, spec.steps - t)
+            t += n
+            _save_checkpoint(ckpt, group, carry, acc, t, wall)
+            write_json(folder / PROGRESS, _progress(group, t, wall))
+            alive = np.asarray(jax.device_get(carry.diverged_at))[: group.n_runs] < 0
+            w = weight[:, :n].sum(1)
+            current = (err[:, :n].sum(1) / np.maximum(w, 1e-300))[alive & (w > 0)]
+            shown = f"{current.mean():.4g}" if current.size else "n/a"
+            bar.set_postfix_str(f"{group.n_runs * t / max(wall, 1e-9):,.0f} seed-steps/s, {metric_name} {shown}")
+            bar.update(n)
+    finally:
+        bar.close()
+    _write_results(group, folder, carry, acc, wall)
+    return True
+
+
+def _save_checkpoint(path: Path, group: Group, carry: RunCarry, acc: Accumulators, t: int, wall: float) -> None:
+    leaves = group.carry_leaves(carry)
+    meta = {"hash": group.exp.hash, "label": group.spec.label, "t": t, "wall_seconds": wall, "n_leaves": len(leaves)}
+    arrays = {f"leaf_{i:04d}": leaf for i, leaf in enumerate(leaves)}
+    arrays.update(acc.state())
+    arrays["meta"] = np.array(json.dumps(meta))
+    write_npz(path, arrays)
+
+
+def _progress(group: Group, t: int, wall: float) -> dict:
+    return {
+        "label": group.spec.label,
+        "steps_done": t,
+        "steps": group.spec.steps,
+        "runs": group.n_runs,
+        "devices": group.n_devices,
+        "wall_seconds": wall,
+        "compile_seconds": group.compile_seconds,
+        "seed_steps_per_second": group.n_runs * t / wall if wall > 0 else None,
+    }
+
+
+def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulators, wall: float) -> None:
+    spec, exp = group.spec, group.exp
+    diverged_at = np.asarray(jax.device_get(carry.diverged_at))[: group.n_runs].astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve = np.where(acc.bin_weight > 0, acc.bin_err / acc.bin_weight, np.nan)
+        final = np.where(acc.win_weight > 0, acc.win_err / acc.win_weight, np.nan)
+        log_curve = acc.bin_log / np.maximum(acc.bin_count, 1)[None, None, :]
+    final = np.where(diverged_at >= 0, np.nan, final)
+    arrays = {
+        "seed": np.array([r["seed"] for r in group.grid], np.int64),
+        "curve": curve,
+        "bin_end": acc.bin_edges(),
+        "final": final,
+        "diverged_at": diverged_at,
+        "log_curve": log_curve,
+        "log_final": acc.last_log,
+        **{f"hp_{k}": np.array([r[k] for r in group.grid], np.float64) for k in spec.hparam_names},
+    }
+    write_npz(folder / RESULTS, arrays)
+    summary = {
+        "label": spec.label,
+        "learner": spec.name,
+        "n_params": int(group.fns.learner.n_params),
+        "flops_per_step": group.flops,
+        "flops_lower_bound": bool(group.flops_lower_bound),
+        "runs": group.n_runs,
+        "steps": spec.steps,
+        "window": spec.window,
+        "hparams": spec.hparam_names,
+        "logs": list(exp.metric["log"]),
+        "wall_seconds": wall,
+        "compile_seconds": group.compile_seconds,
+        "devices": group.n_devices,
+        "seed_steps_per_second": group.n_runs * spec.steps / wall if wall > 0 else None,
+        "diverged": int((diverged_at >= 0).sum()),
+    }
+    write_json(folder / SUMMARY, summary)
+    write_json(folder / PROGRESS, {**_progress(group, spec.steps, wall), "done": True})
+    ckpt = folder / CHECKPOINT
+    if ckpt.exists():
+        ckpt.unlink()
+
+
+def clear(out: str | Path) -> None:
+    """Delete a results folder (used by scripts that start over)."""
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def finite_mean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan

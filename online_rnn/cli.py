@@ -144,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{exp.name}: {len(exp.learners)} learners, {n_runs} runs, on {len(jax.devices())} device(s); "
           f"results in {out}", flush=True)
     report = experiment.run(exp, out, progress=not args.quiet, max_chunks=args.max_chunks)
+    print(f"{report.seconds:.0f} s ({report.compile_seconds:.0f} s compiling)", flush=True)
     if not report.complete:
         print(f"stopped early after --max-chunks {args.max_chunks}; run the same command again to resume")
         return 0

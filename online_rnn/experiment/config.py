@@ -97,13 +97,23 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    raw = parse_yaml(path.read_text(), str(path))
+    raw = _unalias(parse_yaml(path.read_text(), str(path)))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config is a mapping of keys (name, env, learners, ...), got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     for item in overrides:
         apply_override(raw, item)
     return raw
+
+
+def _unalias(node: Any) -> Any:
+    """A copy in which no two places share an object (YAML anchors and aliases share one), so that an override
+    of one learner's setting does not change the others'."""
+    if isinstance(node, dict):
+        return {k: _unalias(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unalias(v) for v in node]
+    return node
 
 
 def apply_override(config: dict, item: str) -> None:
@@ -165,7 +175,8 @@ def check_keys(mapping: dict, allowed: Any, path: str) -> None:
         if key not in allowed:
             near = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
-            fail(f"{path}.{key}" if path else str(key), f"unknown key; {hint}allowed: {', '.join(allowed)}")
+            names = ", ".join(allowed) or "(none)"
+            fail(f"{path}.{key}" if path else str(key), f"unknown key; {hint}allowed: {names}")
 
 
 def as_dict(value: Any, path: str, required: bool = False) -> dict:
@@ -406,11 +417,13 @@ def resolve(raw: dict, check_shapes: bool = True) -> Experiment:
     obj_cfg = as_dict(raw.get("objective"), "objective")
     obj_name = as_name(obj_cfg.get("name", env.default_objective), "objective.name", objectives.names())
     obj_kwargs = {k: v for k, v in obj_cfg.items() if k != "name"}
+    if obj_name == "td_lambda" and env.kind != "prediction":
+        fail("objective.name", f"td_lambda needs a prediction stream; {env_name} is {env.kind}")
+    if obj_name != "td_lambda" and env.kind == "prediction":
+        fail("objective.name", f"{env_name} is a prediction stream; use td_lambda")
     check_keys(obj_kwargs, list(inspect.signature(getattr(objectives, obj_name)).parameters), "objective")
     sweep_global = as_dict(raw.get("sweep"), "sweep")
     if obj_name == "td_lambda":
-        if env.kind != "prediction":
-            fail("objective.name", f"td_lambda needs a prediction stream; {env_name} is {env.kind}")
         if "gamma" in obj_kwargs:
             gamma = as_number(obj_kwargs["gamma"], "objective.gamma")
             if env.gamma is not None and abs(gamma - env.gamma) > 1e-12:
@@ -427,8 +440,6 @@ def resolve(raw: dict, check_shapes: bool = True) -> Experiment:
                 fail("objective.lam", "td_lambda needs lam: set objective.lam or sweep.lam")
             obj_kwargs["lam"] = as_number_list(lams, "sweep.lam")[0]
         obj_kwargs["lam"] = as_number(obj_kwargs["lam"], "objective.lam")
-    elif env.kind == "prediction":
-        fail("objective.name", f"{env_name} is a prediction stream; use td_lambda")
     try:
         objective = objectives.make(obj_name, **obj_kwargs)
     except (ValueError, TypeError) as err:
@@ -535,7 +546,9 @@ def _resolve_learner(i, item, env, env_info, objective, steps, budget, chunk, bi
 
     # cell
     cell_cfg = item.get("cell")
-    cell_required = params["cell"].default is inspect.Parameter.empty
+    annotation = str(params["cell"].annotation)
+    cell_required = params["cell"].default is inspect.Parameter.empty and "Optional" not in annotation \
+        and "None" not in annotation  # columnar, constructive and hybrid take None: lstm(1) columns
     if cell_cfg is None:
         if cell_required:
             fail(f"{path}.cell", f"required for {lname}, e.g. {{name: lstm, hidden_size: 8}}; cells: "

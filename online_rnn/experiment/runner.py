@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -309,7 +309,7 @@ def check_results_folder(out: Path, exp: Experiment) -> None:
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"results folder {out}: unreadable {CONFIG_FILE} ({err}); use another --out") from None
     if data.get("hash") != exp.hash:
-        diff = _differences(data.get("config", {}), exp.resolved)
+        diff = sorted(_differences(data.get("config", {}), exp.resolved), key=lambda k: (k.count("."), k))
         where = f" (differs at: {', '.join(diff[:4])}{', ...' if len(diff) > 4 else ''})" if diff else ""
         raise ConfigError(
             f"results folder {out} belongs to a different config{where}; use another --out or delete the folder"
@@ -340,6 +340,30 @@ def group_dir(out: Path, spec: LearnerSpec) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- groups
+
+
+# Compiled functions of this process, by everything they depend on (not the swept values, which are inputs):
+# a resumed or repeated sweep in the same process does not compile again. The disk cache of the CLI
+# (jax_compilation_cache_dir) does the same across processes.
+_COMPILED: dict[str, tuple] = {}
+_COMPILED_MAX = 64
+
+
+def compile_key(exp: Experiment, spec: LearnerSpec, n_devices: int, n_padded: int) -> str:
+    learner = {k: v for k, v in exp.resolved["learners"][spec.index].items()
+               if k not in ("label", "sweep", "window", "bins")}
+    key = {
+        "env": exp.resolved["env"],
+        "objective": exp.resolved["objective"],
+        "metric": {"target": exp.metric["target"], "log": exp.metric["log"]},
+        "learner": learner,
+        "hparams": spec.hparam_names,
+        "runs": n_padded,
+        "devices": n_devices,
+        "x64": bool(jax.config.jax_enable_x64),
+        "backend": jax.default_backend(),
+    }
+    return json.dumps(key, sort_keys=True)
 
 
 def _mesh(n_runs: int) -> Mesh:
@@ -382,7 +406,7 @@ class Group:
         return jax.vmap(one)(carry)
 
     def _init_local(self, seeds: jax.Array, hparams: dict) -> RunCarry:
-        return jax.vmap(self.fns.init)(seeds, hparams)
+        return jax.vmap(self.fns.init)(seeds, hparams)  # for shapes only (abstract_carry)
 
     def _sharded(self, fn: Any, in_specs: Any) -> Any:
         return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=P("runs"), check_vma=False)
@@ -393,14 +417,15 @@ class Group:
 
     def lower(self, flops: bool = True) -> tuple[Any, Any, Any]:
         """Trace and lower the init and chunk functions, and the unbatched step for its FLOPs (on the calling
-        thread); compile them with :meth:`compile` (which may run on a worker thread)."""
-        init = jax.jit(self._sharded(self._init_local, (P("runs"), P("runs"))))
+        thread); compile them with :meth:`compile` (which may run on a worker thread). Init is compiled
+        unbatched and called once per run: vmapping it over runs doubles its compile time (mostly the random
+        draws of the initialisation) for no gain, since it runs once."""
         chunk = jax.jit(self._sharded(self._chunk_local, (P("runs"), P())), donate_argnums=0)
         t0 = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated)
-        seeds = jax.ShapeDtypeStruct(self.seeds.shape, jnp.int32, sharding=self.sharded)
-        hps = {k: jax.ShapeDtypeStruct(v.shape, jnp.float32, sharding=self.sharded) for k, v in self.hparams.items()}
+        seed = jax.ShapeDtypeStruct((), jnp.int32)
+        hps = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in self.hparams}
         step = lower_step(self.exp, self.spec, self.fns) if flops else None
-        return init.lower(seeds, hps), chunk.lower(self.abstract_carry(), t0), step
+        return jax.jit(self.fns.init).lower(seed, hps), chunk.lower(self.abstract_carry(), t0), step
 
     def compile(self, lowered: tuple[Any, Any, Any]) -> None:
         start = time.perf_counter()
@@ -411,11 +436,29 @@ class Group:
             self.flops, self.flops_lower_bound = step_flops(step)
         self.compile_seconds = time.perf_counter() - start
 
+    def from_cache(self, flops: bool) -> bool:
+        """Take the compiled functions from this process's cache if they are there (with FLOPs if wanted)."""
+        hit = _COMPILED.get(compile_key(self.exp, self.spec, self.n_devices, self.n_padded))
+        if hit is None or (flops and hit[2] is None):
+            return False
+        self._init, self._chunk, self.flops, self.flops_lower_bound = hit
+        return True
+
+    def to_cache(self) -> None:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        key = compile_key(self.exp, self.spec, self.n_devices, self.n_padded)
+        _COMPILED[key] = (self._init, self._chunk, self.flops, self.flops_lower_bound)
+
     # -- state
     def init_carry(self) -> RunCarry:
-        seeds = jax.device_put(self.seeds, self.sharded)
-        hps = {k: jax.device_put(v, self.sharded) for k, v in self.hparams.items()}
-        return self._init(seeds, hps)
+        """Initial state of every run (run ``i`` from its seed and hyperparameters), split over devices."""
+        carries = [
+            self._init(np.int32(self.seeds[i]), {k: np.float32(v[i]) for k, v in self.hparams.items()})
+            for i in range(self.n_runs)
+        ]
+        leaves = [np.stack(xs) for xs in zip(*(jax.tree.leaves(jax.device_get(c)) for c in carries))]
+        return self.carry_from_leaves(leaves)
 
     def run_chunk(self, carry: RunCarry, t0: int) -> tuple[RunCarry, tuple]:
         # a no-op for leaves already split over the runs axis; XLA hands back empty leaves replicated
@@ -451,7 +494,9 @@ class RunReport:
     out: Path
     complete: bool
     labels_done: list[str]
-    seconds: float
+    seconds: float  # wall time of the call
+    compile_seconds: float = 0.0  # of which tracing and compiling (before any run starts)
+    traces: dict = field(default_factory=dict)  # label -> traces of its chunk function in this call
 
 
 def run(
@@ -473,17 +518,27 @@ def run(
     pending = [s for s in exp.learners if not (group_dir(out, s) / RESULTS).exists()]
     done = [s.label for s in exp.learners if s not in pending]
     groups = [Group(exp, s) for s in pending]
-    if groups:
-        lowered = [g.lower(flops) for g in groups]  # tracing stays on the calling thread
-        workers = workers or max(1, min(len(groups), _cores()))
+    fresh = [g for g in groups if not g.from_cache(flops)]
+    if fresh and progress:
+        print(f"compiling {len(fresh)} learner(s) ...", flush=True)
+    if fresh:
+        lowered = [g.lower(flops) for g in fresh]  # tracing stays on the calling thread
+        workers = workers or max(1, min(len(fresh), _cores()))
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda gl: gl[0].compile(gl[1]), zip(groups, lowered)))
+            list(pool.map(lambda gl: gl[0].compile(gl[1]), zip(fresh, lowered)))
+        for g in fresh:
+            g.to_cache()
+    compiled = time.perf_counter() - start
     chunks_left = [max_chunks]
     for group in groups:
         if not _run_group(group, out, progress, chunks_left):
-            return RunReport(out, False, done, time.perf_counter() - start)
+            return RunReport(out, False, done, time.perf_counter() - start, compiled, traces(groups))
         done.append(group.spec.label)
-    return RunReport(out, True, done, time.perf_counter() - start)
+    return RunReport(out, True, done, time.perf_counter() - start, compiled, traces(groups))
+
+
+def traces(groups: list[Group]) -> dict:
+    return {g.spec.label: g.n_traces for g in groups}
 
 
 def _cores() -> int:
@@ -532,7 +587,8 @@ def _run_group(group: Group, out: Path, progress: bool, chunks_left: list) -> bo
             write_json(folder / PROGRESS, _progress(group, t, wall))
             alive = np.asarray(jax.device_get(carry.diverged_at))[: group.n_runs] < 0
             w = weight[:, :n].sum(1)
-            current = (err[:, :n].sum(1) / np.maximum(w, 1e-300))[alive & (w > 0)]
+            with np.errstate(all="ignore"):
+                current = (err[:, :n].sum(1) / np.maximum(w, 1e-30))[alive & (w > 0)]
             shown = f"{current.mean():.4g}" if current.size else "n/a"
             bar.set_postfix_str(f"{group.n_runs * t / max(wall, 1e-9):,.0f} seed-steps/s, {metric_name} {shown}")
             bar.update(n)

@@ -1,0 +1,118 @@
+"""The ``online-rnn`` command line: run -> compare -> plot, errors, and a run in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from online_rnn import cli
+
+CONFIG = {
+    "name": "cli_tiny",
+    "env": {"name": "trace_conditioning"},
+    "objective": {"lam": 0.9},
+    "steps": 600,
+    "chunk": 200,
+    "metric": {"window": 200, "bins": 4},
+    "sweep": {"seeds": 2, "learning_rate": [0.01, 0.001]},
+    "learners": [{"name": "columnar", "n_columns": 2, "optimizer": {"name": "sgd"}}],
+}
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "cli_tiny.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def in_process(config_path) -> Path:
+    out = config_path.parent / "in_process"
+    assert cli.main(["run", str(config_path), "--out", str(out), "--quiet", "--no-cache"]) == 0
+    return out
+
+
+def test_run_compare_plot(in_process, capsys):
+    out = in_process
+    assert (out / "comparison.md").exists()
+    assert cli.main(["compare", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| learner |" in text and "| columnar |" in text and ("lr 0.01" in text or "lr 0.001" in text)
+    assert cli.main(["plot", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("learning_curves.png", "step_size_sensitivity.png"):
+        assert (out / name).stat().st_size > 1000 and name in printed
+
+
+def test_fresh_process_on_all_cores_gives_identical_results(config_path, in_process):
+    """The installed entry point in a new process (one JAX device per core, unless XLA_FLAGS is set) reproduces
+    the in-process run bit for bit: results depend on neither the process nor the number of devices."""
+    out = config_path.parent / "subprocess"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["ONLINE_RNN_CACHE"] = "0"
+    exe = Path(sys.executable).parent / "online-rnn"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "online_rnn.cli"]
+    proc = subprocess.run([*command, "run", str(config_path), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| columnar |" in proc.stdout
+    progress = json.loads((out / "learners/columnar/progress.json").read_text())
+    assert progress["devices"] == min(cli.cores(), 4)  # 4 runs: at most 4 devices get work
+    for name in ("results.npz",):
+        with np.load(in_process / "learners/columnar" / name) as a, np.load(out / "learners/columnar" / name) as b:
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("online-rnn: error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_errors_are_one_line_with_exit_code_2(config_path, in_process, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**CONFIG, "learners": [{"name": "columnar", "n_colums": 2,
+                                                          "optimizer": {"name": "sgd"}}]}))
+    assert cli.main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'n_columns'" in _one_line_error(capsys)
+    assert not (tmp_path / "x").exists()
+
+    assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "config not found" in _one_line_error(capsys)
+
+    assert cli.main(["run", str(config_path), "steps=300", "--out", str(in_process)]) == 2
+    assert "belongs to a different config (differs at: steps" in _one_line_error(capsys)
+
+    assert cli.main(["run", str(config_path), "stepz=300", "--out", str(tmp_path / "y")]) == 2
+    assert "stepz: unknown key; did you mean 'steps'?" in _one_line_error(capsys)
+
+    assert cli.main(["compare", str(tmp_path / "missing")]) == 2
+    assert "results folder not found" in _one_line_error(capsys)
+
+    assert cli.main(["frobnicate"]) == 2
+    assert "invalid choice" in _one_line_error(capsys)
+
+
+def test_list_names_everything(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("columnar", "tbptt", "lstm", "trace_patterning", "copy_task", "td_lambda", "ccn_rmsprop"):
+        assert word in out
+
+
+def test_find_config_by_name():
+    repo_configs = Path(__file__).resolve().parent.parent / "configs"
+    if (repo_configs / "demo.yaml").exists():
+        assert cli.find_config("demo").name == "demo.yaml"
+    with pytest.raises(FileNotFoundError, match="config not found"):
+        cli.find_config("no_such_config_anywhere")

@@ -1,0 +1,308 @@
+"""Experiments: compiled sweeps, resume, determinism, divergence, config validation (tiny runs, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import yaml
+
+from online_rnn import experiment, learners, objectives
+from online_rnn.experiment import config as cfg
+from online_rnn.experiment import runner
+from online_rnn.experiment.config import ConfigError
+
+TINY = {
+    "name": "tiny",
+    "env": {"name": "trace_conditioning"},
+    "objective": {"lam": 0.9},
+    "steps": 600,
+    "chunk": 200,  # 3 chunks; 4 bins of 150 steps straddle the chunk boundaries
+    "metric": {"window": 200, "bins": 4},
+    "sweep": {"seeds": 2, "learning_rate": [0.01, 0.001]},
+    "learners": [
+        {"name": "columnar", "n_columns": 2, "optimizer": {"name": "sgd"}},
+        {"name": "tbptt", "label": "tbptt_k2", "truncation": 2, "cell": {"name": "lstm", "hidden_size": 2},
+         "optimizer": {"name": "ccn_rmsprop"}},
+    ],
+}
+
+
+def write_config(tmp_path: Path, config: dict, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def results_of(folder: Path, label: str) -> dict:
+    with np.load(folder / "learners" / label / "results.npz") as npz:
+        return {k: np.asarray(npz[k]) for k in npz.files}
+
+
+def assert_same_results(a: Path, b: Path, labels: list[str]) -> None:
+    for label in labels:
+        ra, rb = results_of(a, label), results_of(b, label)
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{label}.{key}")
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory) -> tuple[Path, Path, experiment.RunReport]:
+    """One uninterrupted run of TINY (shared by the tests that compare against it)."""
+    base = tmp_path_factory.mktemp("tiny")
+    path = write_config(base, TINY)
+    out = base / "results"
+    report = experiment.run(experiment.load(path), out, progress=False)
+    assert report.complete
+    return path, out, report
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_report) -> tuple[Path, Path]:
+    return tiny_report[:2]
+
+
+# ------------------------------------------------------------------------------------------- runs and results
+
+
+def test_results_shapes_and_metric(tiny_run):
+    path, out = tiny_run
+    res = results_of(out, "columnar")
+    assert res["curve"].shape == (4, 4)  # 2 step sizes x 2 seeds, 4 bins
+    assert res["bin_end"].tolist() == [150, 300, 450, 600]
+    assert np.all(res["diverged_at"] == -1)
+    assert np.all(np.isfinite(res["final"])) and np.all(res["final"] >= 0)
+    assert res["seed"].tolist() == [0, 1, 0, 1] and res["hp_learning_rate"].tolist() == [0.01, 0.01, 0.001, 0.001]
+    summary = json.loads((out / "learners" / "columnar" / "summary.json").read_text())
+    assert summary["n_params"] > 0 and summary["flops_per_step"] > 0 and summary["seed_steps_per_second"] > 0
+
+
+def test_metric_matches_a_python_loop(tiny_run):
+    """The final-window MSRE of one run equals a plain loop over env.step / learner.step (float tolerance)."""
+    path, out = tiny_run
+    exp = experiment.load(path)
+    spec = exp.learner("columnar")
+    fns = runner.run_functions(exp, spec)
+    carry = jax.jit(fns.init)(jnp.int32(1), {"learning_rate": jnp.float32(0.001), "lam": jnp.float32(0.9)})
+    step = jax.jit(fns.step)
+    errs = []
+    for t in range(spec.steps):
+        carry, (err, _, _) = step(carry, jnp.int32(t))
+        errs.append(float(err))
+    res = results_of(out, "columnar")
+    run = 3  # seed 1, lr 0.001
+    np.testing.assert_allclose(res["final"][run], np.mean(errs[-200:]), rtol=1e-5)
+    np.testing.assert_allclose(res["curve"][run, 0], np.mean(errs[:150]), rtol=1e-5)
+
+
+def test_same_config_twice_is_bit_identical_and_resume_matches(tiny_run, tmp_path):
+    """Stopped after one chunk and resumed (a fresh process would do the same) == uninterrupted == run again."""
+    path, out = tiny_run
+    exp = experiment.load(path)
+    partial = tmp_path / "resumed"
+    report = experiment.run(exp, partial, progress=False, max_chunks=1, flops=False)
+    assert not report.complete
+    ckpt = partial / "learners" / "columnar" / "checkpoint.npz"
+    assert ckpt.exists() and not (partial / "learners" / "columnar" / "results.npz").exists()
+    assert json.loads((partial / "learners" / "columnar" / "progress.json").read_text())["steps_done"] == 200
+    report = experiment.run(exp, partial, progress=False, flops=False)
+    assert report.complete and not ckpt.exists()
+    assert_same_results(out, partial, ["columnar", "tbptt_k2"])
+
+
+def test_compiles_once_across_chunks(tiny_report):
+    """Each learner's chunk function was traced once and served all three chunks (the step offset is an
+    array); a repeated sweep in the same process reuses the compiled functions."""
+    path, out, report = tiny_report
+    if report.traces:  # empty if another test file already compiled the same functions in this process
+        assert report.traces == {"columnar": 1, "tbptt_k2": 1}
+    again = experiment.run(experiment.load(path), out.parent / "again", progress=False)
+    assert again.traces == {"columnar": 0, "tbptt_k2": 0}
+
+
+def test_divergent_step_size_is_flagged_and_leaves_the_others_alone(tiny_run, tmp_path):
+    """lr 1e6 with SGD diverges; its runs are flagged with their step and the lr 0.01 runs of the same compiled
+    sweep equal those of TINY's (which had lr 0.001 beside them) bit for bit."""
+    _, out = tiny_run
+    config = {**TINY, "learners": TINY["learners"][:1], "sweep": {"seeds": 2, "learning_rate": [0.01, 1e6]}}
+    experiment.run(experiment.resolve(config), tmp_path / "both", progress=False, flops=False)
+    rb, ra = results_of(tmp_path / "both", "columnar"), results_of(out, "columnar")
+    assert np.all(rb["diverged_at"][:2] == -1)
+    assert np.all(rb["diverged_at"][2:] >= 0) and np.all(rb["diverged_at"][2:] < 600)
+    assert np.all(np.isnan(rb["final"][2:]))
+    for key in ("curve", "final"):
+        np.testing.assert_array_equal(rb[key][:2], ra[key][:2])
+    res = experiment.load_results(tmp_path / "both").learners[0]
+    best = res.best()
+    assert best.hparams["learning_rate"] == 0.01 and best.diverged == 0
+    table = experiment.compare([tmp_path / "both"], write=False)
+    assert "| columnar |" in table and "| 0/2 |" in table  # none diverged at the best setting, 2 in the sweep
+
+
+def test_results_folder_of_another_config_is_refused(tiny_run):
+    path, out = tiny_run
+    exp = experiment.load(path, ["steps=400"])
+    with pytest.raises(ConfigError, match=r"belongs to a different config \(differs at: steps"):
+        experiment.run(exp, out, progress=False)
+    assert results_of(out, "columnar")["bin_end"][-1] == 600  # untouched
+
+
+# --------------------------------------------------------------------------------------------- hyperparameters
+
+
+def test_set_hyperparams_sets_learning_rate_and_lambda():
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    learner = learners.make("columnar", cell=None, input_size=3, output_size=1,
+                            objective=objectives.td_lambda(0.9, 0.5), optimizer=opt, n_columns=2)
+    state = experiment.set_hyperparams(learner.init(jax.random.PRNGKey(0)), learning_rate=0.25, lam=0.75)
+    assert float(state.opt_state.hyperparams["learning_rate"]) == 0.25
+    assert float(state.objective.lam) == 0.75 and float(state.objective.gamma) == np.float32(0.9)
+    with pytest.raises(ValueError, match="beta2 not found"):
+        experiment.set_hyperparams(state, beta2=0.5)
+
+
+def test_accumulators_bin_like_numpy():
+    rng = np.random.default_rng(0)
+    steps, bins, window, chunk = 1000, 7, 130, 64
+    err = rng.random((3, steps)).astype(np.float32)
+    weight = (rng.random((3, steps)) > 0.3).astype(np.float32)
+    acc = runner.Accumulators(3, steps, bins, window, 0)
+    for t0 in range(0, steps, chunk):
+        acc.add(t0, err[:, t0:t0 + chunk], weight[:, t0:t0 + chunk], np.zeros((3, min(chunk, steps - t0), 0)))
+    edges = np.r_[0, acc.bin_edges()]
+    for b in range(bins):
+        sl = slice(edges[b], edges[b + 1])
+        np.testing.assert_allclose(acc.bin_err[:, b], err[:, sl].astype(np.float64).sum(1), rtol=1e-12)
+        np.testing.assert_allclose(acc.bin_weight[:, b], weight[:, sl].sum(1))
+    np.testing.assert_allclose(acc.win_err, err[:, -window:].astype(np.float64).sum(1), rtol=1e-12)
+    assert acc.bin_count.sum() == steps and np.all(np.diff(edges) > 0)
+
+
+# ------------------------------------------------------------------------------------------------ overrides
+
+
+def test_overrides_by_index_label_and_yaml_floats(tmp_path):
+    path = write_config(tmp_path, TINY)
+    raw = cfg.load(path, ["steps=1e3", "learners.tbptt_k2.truncation=3", "learners.0.n_columns=4",
+                          "sweep.learning_rate=[1e-3, 3e-4]", "env.isi=12"])
+    assert raw["steps"] == 1000.0 and raw["learners"][1]["truncation"] == 3 and raw["learners"][0]["n_columns"] == 4
+    assert raw["sweep"]["learning_rate"] == [1e-3, 3e-4] and raw["env"]["isi"] == 12
+    exp = cfg.resolve(raw)
+    assert exp.steps == 1000 and exp.learner("tbptt_k2").kwargs["truncation"] == 3
+    with pytest.raises(ConfigError, match="no entry with that label"):
+        cfg.load(path, ["learners.colunmar.n_columns=4"])
+
+
+def test_anchored_values_are_not_shared_by_overrides(tmp_path):
+    text = (
+        "env: {name: trace_conditioning}\nobjective: {lam: 0.9}\nsteps: 10\nsweep: {learning_rate: 0.1}\n"
+        "learners:\n  - {name: columnar, n_columns: 1, optimizer: &o {name: sgd}}\n"
+        "  - {name: columnar, label: c2, n_columns: 1, optimizer: *o}\n"
+    )
+    path = tmp_path / "anchors.yaml"
+    path.write_text(text)
+    raw = cfg.load(path, ["learners.c2.optimizer.momentum=0.5"])
+    assert raw["learners"][0]["optimizer"] == {"name": "sgd"}
+
+
+def test_budget_scales_steps_and_stage_lengths(tmp_path):
+    config = {**TINY, "steps": 10_000, "budget": 0.1,
+              "learners": [{"name": "constructive", "n_units": 2, "steps_per_stage": 5000,
+                            "optimizer": {"name": "sgd"}, "steps": 20_000}]}
+    exp = cfg.resolve(config)
+    spec = exp.learners[0]
+    assert exp.steps == 1000 and spec.steps == 2000 and spec.kwargs["steps_per_stage"] == 500
+    assert spec.window == 200 and spec.chunk == 200
+
+
+# ------------------------------------------------------------------------------------------- config errors
+
+
+_EVENTS: list[str] = []
+
+
+def _listener(name, *args, **kwargs):
+    if "backend_compile" in name:
+        _EVENTS.append(name)
+
+
+jax.monitoring.register_event_duration_secs_listener(_listener)
+
+
+def _compile_events() -> list[str]:
+    """XLA compilations from now on (JAX reports each one as a backend_compile duration event)."""
+    _EVENTS.clear()
+    return _EVENTS
+
+
+def _with(change) -> dict:
+    config = json.loads(json.dumps(TINY))
+    change(config)
+    return config
+
+
+BAD = [
+    # (config change, expected message pattern)
+    (lambda c: c.update(stpes=10), r"^stpes: unknown key; did you mean 'steps'\? allowed: name, "),
+    (lambda c: c["metric"].update(windw=5), r"^metric\.windw: unknown key; did you mean 'window'\?"),
+    (lambda c: c["learners"][0].update(n_colums=3), r"^learners\.0 \(columnar\)\.n_colums: unknown key; did you "
+     r"mean 'n_columns'\? allowed: .*n_columns"),
+    (lambda c: c["learners"][1]["cell"].update(hiden_size=3), r"cell\.hiden_size: unknown key; did you mean "
+     r"'hidden_size'\?"),
+    (lambda c: c.update(steps="many"), r"^steps: expected an int >= 1, got str 'many'"),
+    (lambda c: c.update(steps=0), r"^steps: expected an int >= 1, got 0"),
+    (lambda c: c["learners"][0].update(name="columnr"), r"^learners\.0\.name: unknown name 'columnr'; did you mean "
+     r"'columnar'\? allowed: bptt, columnar"),
+    (lambda c: c["env"].update(name="trace_patern"), r"^env\.name: unknown name 'trace_patern'; did you mean "
+     r"'trace_patterning'\? allowed: add_task"),
+    (lambda c: c["learners"][1]["cell"].update(name="lstn"), r"cell\.name: unknown name 'lstn'; did you mean 'lstm'"),
+    (lambda c: c["learners"][0]["optimizer"].update(name="adamw"), r"optimizer\.name: unknown name 'adamw'; did "
+     r"you mean 'adam'\? allowed: adam, ccn_rmsprop, rmsprop, sgd"),
+    (lambda c: c["sweep"].update(learning_rate=[[0.1, 0.2]]), r"^sweep\.learning_rate: expected a flat list of "
+     r"numbers, entry 0 is list"),
+    (lambda c: c["sweep"].update(learning_rate="fast"), r"^sweep\.learning_rate: expected a number or a flat list"),
+    (lambda c: c["sweep"].update(seeds=[0, 0]), r"^sweep\.seeds: repeated seeds"),
+    (lambda c: c["sweep"].update(gamma=[0.9]), r"^sweep\.gamma: unknown key; allowed: seeds, learning_rate, lam"),
+    (lambda c: c["learners"][0].update(input_size=3), r"input_size: 3 does not fit the stream trace_conditioning, "
+     r"whose observations have 12 entries"),
+    (lambda c: c["learners"][1].pop("cell"), r"^learners\.1 \(tbptt_k2\)\.cell: required for tbptt"),
+    (lambda c: c["learners"][1].update(truncation=0), r"^learners\.1 \(tbptt_k2\): truncation must be a positive"),
+    (lambda c: c["learners"][0]["optimizer"].update(learning_rate=0.1), r"optimizer\.learning_rate: step sizes are "
+     r"swept"),
+    (lambda c: c["learners"][1].update(label="columnar"), r"^learners\.1\.label: duplicate label 'columnar'"),
+    (lambda c: c["metric"].update(target="trial_retrun"), r"^metric\.target: unknown name 'trial_retrun'; did you "
+     r"mean 'trial_return'\? allowed: return, trial_return"),
+    (lambda c: c["metric"].update(log=["nonexistent"]), r"metric\.log: the stream gives no 'nonexistent'"),
+    (lambda c: c["objective"].update(name="squared_error"), r"^objective\.name: trace_conditioning is a prediction "
+     r"stream; use td_lambda"),
+    (lambda c: c.pop("learners"), r"^learners: required key is missing"),
+    (lambda c: c["env"].update(isi="x"), r"^env: "),
+]
+
+
+@pytest.mark.parametrize("change,pattern", BAD, ids=[p for _, p in BAD])
+def test_config_errors_are_one_line_and_raised_before_compiling(change, pattern):
+    events = _compile_events()
+    with pytest.raises(ConfigError) as info:
+        cfg.resolve(_with(change))
+    message = str(info.value)
+    assert "\n" not in message
+    assert __import__("re").search(pattern, message), message
+    assert events == [], f"compiled during validation: {events}"
+
+
+def test_unknown_config_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        cfg.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML \(line"):
+        cfg.load(bad)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        cfg.load(write_config(tmp_path, TINY), ["steps"])

@@ -8,6 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from online_rnn import cells, learners, objectives
+from online_rnn.learners.fast import split_trace
 from reference import linear, max_rel_err, randomise, scan_learner
 
 IN, OUT = 3, 1
@@ -116,8 +117,9 @@ def test_snap1_on_dense_network_is_rtrl_with_dropped_entries_and_nothing_else(x6
 
         # SnAp-1's kept influence, scattered back into the dense (|s|, |theta|) layout
         dense = np.zeros_like(j_masked)
+        influence = split_trace(cell_params, state.trace.influence)  # the fast path's flat rows as a tree
         for k in range(n_comp):
-            row = np.asarray(ravel_pytree(jax.tree.map(lambda leaf: leaf[:, k], state.trace.influence))[0])
+            row = np.asarray(ravel_pytree(jax.tree.map(lambda leaf: leaf[:, k], influence))[0])
             for i in range(n):
                 dense[k * n + i] = row * (unit_p == i)
         np.testing.assert_allclose(dense, j_masked, rtol=1e-9, atol=1e-12)
@@ -298,3 +300,43 @@ def test_uoro_is_unbiased_and_its_error_shrinks_like_one_over_sqrt_n(x64):
     assert 1.2 < errors[0] / errors[1] < 4.0, errors
     # the estimates are noisy (it is a rank-one estimate), not a copy of the truth
     assert float(jnp.mean(jnp.linalg.norm(samples[:100] - truth, axis=1))) > 1e-3
+
+
+# ---------------------------------------------------------------------------- fast paths == generic oracles
+
+TD = objectives.td_lambda(0.9, 0.8)
+SE = objectives.squared_error()
+
+FAST_CASES = {
+    "snap1-lstm": lambda fast: learners.build("snap1", cells.lstm(3), learners.snap1_credit(cells.lstm(3), fast),
+                                              IN, 1, TD, optax.adam(0.02)),
+    "snap1-gru": lambda fast: learners.build("snap1", cells.gru(3), learners.snap1_credit(cells.gru(3), fast),
+                                             IN, 1, SE, optax.adam(0.02)),
+    "columnar-lstm": lambda fast: learners.columnar(cells.lstm(1), IN, 1, TD, optax.adam(0.02), n_columns=3,
+                                                    fast=fast),
+    "columnar-gru": lambda fast: learners.columnar(cells.gru(1), IN, 1, SE, optax.sgd(0.1), n_columns=3, fast=fast),
+    "hybrid-lstm": lambda fast: learners.hybrid(None, IN, 1, TD, optax.adam(0.02), n_units=4, units_per_stage=2,
+                                                steps_per_stage=4, normalise_inputs=0.9, normalise_features=0.9,
+                                                fast=fast),
+    "constructive-elman": lambda fast: learners.constructive(cells.elman(1), IN, 1, SE, optax.sgd(0.1), n_units=3,
+                                                             steps_per_stage=3, fast=fast),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAST_CASES))
+def test_fast_path_equals_generic_path(x64, case):
+    """The fused unit-diagonal update (learners/fast.py) gives the same predictions, gradients and parameters
+    as the generic jacrev/jacfwd path, while learning."""
+    xs, ys = _stream(jax.random.PRNGKey(20), 14)
+    results = []
+    for fast in (True, False):
+        learner = FAST_CASES[case](fast)
+        state = learner.init(jax.random.PRNGKey(21))
+        state = state._replace(params=randomise(state.params, jax.random.PRNGKey(22), scale=0.4))
+        signals = ys[:, 0] if case in ("snap1-lstm", "columnar-lstm", "hybrid-lstm") else ys  # TD: cumulants
+        final, infos = jax.jit(lambda s, learner=learner: scan_learner(learner, s, xs, signals))(state)
+        results.append((final.params, infos))
+    (fast_params, fast_infos), (generic_params, generic_infos) = results
+    np.testing.assert_allclose(fast_infos.prediction, generic_infos.prediction, rtol=1e-10, atol=1e-12)
+    assert max_rel_err(fast_infos.grads, generic_infos.grads) < 1e-9
+    assert max_rel_err(fast_params, generic_params) < 1e-9

@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from online_rnn import prng
+
 from online_rnn.envs.base import Environment, as_float, check_int, float_dtype
 
 LAGS = (5, 9)
@@ -95,8 +97,8 @@ class AddTask(Environment):
 
     def step(self, key: jax.Array, state: EnvState, params: EnvParams):
         dtype = float_dtype()
-        k_x, k_y = jax.random.split(key)
-        x = jax.random.bernoulli(k_x, 0.5).astype(jnp.int32)
+        words = prng.bits(key, 2)  # one fused hash per step (see online_rnn.prng)
+        x = (words[0] >> 31).astype(jnp.int32)
         lagged_first = state.history[self.lags[0] - 1].astype(dtype)
         lagged_second = state.history[self.lags[1] - 1].astype(dtype)
         p = params.base.astype(dtype) + params.coef_first.astype(dtype) * lagged_first
@@ -104,7 +106,7 @@ class AddTask(Environment):
         if self.target == "soft":
             signal = jnp.stack([1.0 - p, p])
         else:
-            y = jax.random.bernoulli(k_y, p).astype(jnp.int32)
+            y = ((words[1] >> 8).astype(dtype) * 2.0**-24 < p).astype(jnp.int32)
             signal = jax.nn.one_hot(y, 2, dtype=dtype)
         obs = jax.nn.one_hot(x, 2, dtype=dtype)
         entropy = -(jax.scipy.special.xlogy(p, p) + jax.scipy.special.xlogy(1.0 - p, 1.0 - p))

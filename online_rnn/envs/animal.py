@@ -32,8 +32,9 @@ trials should pass a larger ``lookahead`` (check with ``env.return_tail_bound(pa
 Time 0. ``reset`` puts the stream one step before the first trial: its observation is all zeros, and the first
 ``step`` shows the first CS onset, so a runner that ignores the observation of ``reset`` loses nothing.
 
-Randomness. Each step makes one draw of uint32 words from its key (``reset`` one more for the activation patterns
-and the first ``K`` trials), and a trial is drawn every step but used only when a trial ends: one draw per step
+Randomness. Each step makes one draw of uint32 words from its key with :func:`online_rnn.prng.bits` (one
+unrolled Threefry hash that XLA fuses with the step; ``reset`` makes one more for the activation patterns and
+the first ``K`` trials), and a trial is drawn every step but used only when a trial ends: one draw per step
 compiles about twice as fast as one ``jax.random`` call per quantity. Integers are ``lo + word mod span``
 (modulo bias < span / 2^32) and Bernoulli draws compare a 24-bit uniform with ``p`` (so ``P`` is ``p`` to within
 2^-24, and 0 and 1 are exact). The stream is the same bit for bit with and without ``jax_enable_x64``.
@@ -50,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from online_rnn import prng
 
 from online_rnn.envs.base import Environment, as_float, as_int, float_dtype
 
@@ -260,7 +263,7 @@ class AnimalStream(Environment):
     def reset(self, key: jax.Array, params: AnimalParams) -> tuple[jax.Array, AnimalState]:
         lay = self.layout
         n_queue, n_sets = self.lookahead * self._n_trial_draws, self._subsets.shape[0]
-        bits = jax.random.bits(key, (n_queue + n_sets,), jnp.uint32)
+        bits = prng.bits(key, n_queue + n_sets)
         patterns = self._draw_patterns(bits[n_queue:])
         queue_bits = bits[:n_queue].reshape(self.lookahead, self._n_trial_draws)
         queue = jax.vmap(lambda b: self._draw_trial(b, params, patterns))(queue_bits)
@@ -286,7 +289,7 @@ class AnimalStream(Environment):
         dtype = float_dtype()
         n_trial = self._n_trial_draws
         n_step = lay.n_distractors if lay.distractor_mode in ("pulse", "step") else 0
-        bits = jax.random.bits(key, (n_trial + n_step,), jnp.uint32)  # all of this step's randomness
+        bits = prng.bits(key, n_trial + n_step)  # all of this step's randomness, one fused hash
 
         # Advance time; when the current trial is over, shift the queue and append a freshly drawn trial.
         offset = state.offset + 1

@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from online_rnn import prng
+
 from online_rnn.envs.base import Environment, as_float, as_int, check_int, float_dtype
 from online_rnn.objectives import Target
 
@@ -127,7 +129,9 @@ class CopyTask(Environment):
         dtype = float_dtype()
         position = state.position + 1
         new_sequence = position >= 2 * state.seq_length + 2
-        fresh_bits = jax.random.bernoulli(key, 0.5, (self.max_length,)).astype(jnp.int32)
+        words = prng.bits(key, -(-self.max_length // 32))  # 32 fair bits per word, one fused hash per step
+        shifts = jnp.arange(self.max_length, dtype=jnp.uint32) % 32
+        fresh_bits = ((words[jnp.arange(self.max_length) // 32] >> shifts) & 1).astype(jnp.int32)
         seq_length = jnp.where(new_sequence, state.length, state.seq_length)
         bits = jnp.where(new_sequence, fresh_bits, state.bits)
         position = jnp.where(new_sequence, 0, position)

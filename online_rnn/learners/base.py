@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from online_rnn import streaming
+from online_rnn import prng, streaming
 from online_rnn.cells import Cell
 from online_rnn.objectives import Objective
 
@@ -91,13 +91,16 @@ class Credit(NamedTuple):
     Optional, for learners whose units come and go (constructive, hybrid): ``active_features(trace) -> (H,)
     bool`` marks the features that exist (inactive ones have ``h = 0`` and keep their normalisation statistics);
     ``update_mask(trace) -> tree of bool like the cell params`` marks the parameters allowed to change. Both are
-    called with the trace *before* the step, and describe that step.
+    called with the trace *before* the step, and describe that step. ``uses_key``: the rule draws random numbers
+    from the ``key`` given to ``step`` (``prng.fold_in(state.key, t)``, a fresh key every step); rules that do
+    not draw get ``state.key`` unchanged and cost nothing for it.
     """
 
     init: Callable[[Params, Any, Params], Any]
     step: Callable[[Params, Any, Any, jax.Array, jax.Array], tuple[Any, jax.Array, Finish]]
     active_features: Optional[Callable[[Any], jax.Array]] = None
     update_mask: Optional[Callable[[Any], Params]] = None
+    uses_key: bool = False
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -253,7 +256,7 @@ def build(
             stats = stats._replace(inputs=streaming.normaliser_update(stats.inputs, x_t, in_norm))
         else:
             x_in = x_t
-        key, k_step = jax.random.split(state.key)
+        k_step = prng.fold_in(state.key, state.t) if credit.uses_key else state.key
         carry, h_t, finish = credit.step(params["cell"], state.carry, state.trace, x_in, k_step)
         if feat_norm is not None:
             feat_stats = streaming.normaliser_update(stats.features, h_t, feat_norm, active(state.trace))  # step t's units
@@ -283,7 +286,7 @@ def build(
             trace=trace,
             objective=obj_state,
             stats=stats,
-            key=key,
+            key=state.key,
             t=state.t + 1,
         )
         return new_state, StepInfo(prediction=y_t, loss=loss, grads=grads)

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from online_rnn import cells
+from online_rnn import cells, prng
 from online_rnn.cells import Cell
+from online_rnn.learners import fast as _fast
 from online_rnn.learners.base import Credit, Learner, build, check_positive_int
 from online_rnn.learners.rtrl import rtrl_credit
 from online_rnn.objectives import Objective
@@ -52,7 +53,7 @@ def vmap_credit(inner: Credit, n_columns: int, hidden_per_column: int) -> Credit
         return carry_t, h_t, g, tr_t
 
     def step(cell_params, carry, trace, x_t, key):
-        keys = jax.random.split(key, n_columns)
+        keys = jax.vmap(lambda i: prng.fold_in(key, i))(jnp.arange(n_columns))
         # the forward pass alone: the cotangent on h_t is known only after the readout
         carry_t, h_t = jax.vmap(lambda p, c, tr, k: inner.step(p, c, tr, x_t, k)[:2])(cell_params, carry, trace, keys)
 
@@ -64,6 +65,25 @@ def vmap_credit(inner: Credit, n_columns: int, hidden_per_column: int) -> Credit
             return g, g_readout, trace_t
 
         return carry_t, h_t.reshape(-1), finish
+
+    return Credit(init, step, uses_key=inner.uses_key)
+
+
+def fast_columns_credit(cell: Cell) -> Credit:
+    """Exact RTRL for stacked one-unit gated columns with the fused update of :mod:`online_rnn.learners.fast`
+    (each column's influence is its own block, so the unit-diagonal update is the whole of RTRL)."""
+
+    def init(cell_params, carry, readout_params):
+        return _fast.init_trace(_fast.column_view(cell_params), _fast.column_view(carry))
+
+    def step(cell_params, carry, trace, x_t, key):
+        view = _fast.column_view
+        carry_t, h_t, trace_t, grad = _fast.diag_step(cell, view(cell_params), view(carry), trace, x_t)
+
+        def finish(dh, g_readout):
+            return _fast.column_unview(grad(dh)), g_readout, trace_t
+
+        return _fast.column_unview(carry_t), h_t, finish
 
     return Credit(init, step)
 
@@ -79,13 +99,18 @@ def columnar(
     normalise_inputs: Any = None,
     normalise_features: Any = None,
     readout_step_scale: bool = False,
-    column_credit: Callable[[Cell], Credit] = rtrl_credit,
+    column_credit: Optional[Callable[[Cell], Credit]] = None,
+    fast: bool = True,
 ) -> Learner:
     """A columnar network of ``n_columns`` copies of ``cell`` (default ``cells.lstm(1)``), each trained with
-    exact RTRL (``column_credit``, any one-column credit rule, e.g. ``snap1_credit``)."""
+    exact RTRL. One-unit gated columns use the fused update of :mod:`online_rnn.learners.fast` (``fast=True``);
+    otherwise ``column_credit`` (default exact RTRL, any one-column credit rule) is vmapped over columns."""
     cell = cells.lstm(1) if cell is None else cell
     n = check_positive_int("n_columns", n_columns)
     net = stack_columns(cell, n)
-    credit = vmap_credit(column_credit(cell), n, cell.hidden_size)
+    if column_credit is None and fast and cell.hidden_size == 1 and _fast.supports(cell):
+        credit = fast_columns_credit(cell)
+    else:
+        credit = vmap_credit((column_credit or rtrl_credit)(cell), n, cell.hidden_size)
     return build("columnar", net, credit, input_size, output_size, objective, optimizer, readout,
                  normalise_inputs, normalise_features, readout_step_scale)

@@ -31,7 +31,9 @@ import optax
 
 from online_rnn import cells, streaming
 from online_rnn.cells import Cell
+from online_rnn.learners import fast as _fast
 from online_rnn.learners.base import Credit, Learner, build, check_learner_args, check_positive_int, param_count
+from online_rnn.learners.columnar import fast_columns_credit, vmap_credit
 from online_rnn.learners.rtrl import rtrl_credit
 from online_rnn.objectives import Objective
 
@@ -99,8 +101,9 @@ def _put_stage(tree: Any, part: Any, stage: jax.Array, ups: int) -> Any:
     return jax.tree.map(lambda a, p: jax.lax.dynamic_update_slice_in_dim(a, p, stage * ups, axis=0), tree, part)
 
 
-def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Optional[streaming.Normalisation]):
-    inner = rtrl_credit(cell)
+def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Optional[streaming.Normalisation],
+                   fast: bool):
+    inner = fast_columns_credit(cell) if fast else vmap_credit(rtrl_credit(cell), lay.units_per_stage, lay.k)
     ups, n_stages = lay.units_per_stage, lay.n_stages
     unit_stage = jnp.asarray(lay.unit_stage)
 
@@ -111,7 +114,7 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
     def init(cell_params, carry, readout_params) -> HybridTrace:
         stage_params = _slice_stage(cell_params, jnp.int32(0), ups)
         stage_carry = _slice_stage(carry, jnp.int32(0), ups)
-        columns = jax.vmap(lambda p, c: inner.init(p, c, readout_params))(stage_params, stage_carry)
+        columns = inner.init(stage_params, stage_carry, readout_params)
         dtype = jax.tree.leaves(cell_params)[0].dtype
         stats = () if in_norm is None else streaming.normaliser_init((n_stages, lay.unit_input_size), dtype)
         return HybridTrace(jnp.zeros((), jnp.int32), columns, stats)
@@ -139,17 +142,11 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
         columns = jax.tree.map(lambda a: jnp.where(stage_start, jnp.zeros_like(a), a), trace.columns)
         p_s = _slice_stage(cell_params, stage, ups)
         c_s = _slice_stage(carry, stage, ups)
-        keys = jax.random.split(key, ups)
-
-        def column(p, c, tr, k, dh):
-            _, _, finish = inner.step(p, c, tr, u[stage], k)
-            g, _, tr_t = finish(dh, ())
-            return g, tr_t
+        _, _, stage_finish = inner.step(p_s, c_s, columns, u[stage], key)
 
         def finish(dh, g_readout):
-            dh_units = dh.reshape(lay.n_units, lay.k)
-            dh_s = jax.lax.dynamic_slice_in_dim(dh_units, stage * ups, ups, axis=0)
-            g_s, columns_t = jax.vmap(column)(p_s, c_s, columns, keys, dh_s)
+            dh_s = jax.lax.dynamic_slice_in_dim(dh, stage * ups * lay.k, ups * lay.k, axis=0)
+            g_s, _, columns_t = stage_finish(dh_s, ())
             g_s = jax.tree.map(lambda g: jnp.where(learns, g, jnp.zeros_like(g)), g_s)
             zeros = jax.tree.map(jnp.zeros_like, cell_params)
             g_cell = _put_stage(zeros, g_s, stage, ups)
@@ -168,7 +165,7 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
         return jax.tree.map(lambda s: jnp.broadcast_to(learning_units.reshape((-1,) + (1,) * (len(s.shape) - 1)),
                                                        s.shape), shapes)
 
-    return Credit(init, step, active_features, update_mask)
+    return Credit(init, step, active_features, update_mask, inner.uses_key)
 
 
 def _effective_params(cell: Cell, lay: _Layout, output_size: int, readout: str) -> int:
@@ -198,8 +195,11 @@ def hybrid(
     normalise_features: Any = None,
     readout_step_scale: bool = False,
     name: str = "hybrid",
+    fast: bool = True,
 ) -> Learner:
-    """Columnar-constructive network (see the module docstring)."""
+    """Columnar-constructive network (see the module docstring). ``fast`` trains the learning stage's one-unit
+    gated columns with the fused update of :mod:`online_rnn.learners.fast`; ``fast=False`` (or other cells)
+    vmaps generic per-column RTRL (the test oracle)."""
     cell = cells.lstm(1) if cell is None else cell
     check_learner_args(cell, input_size, output_size, objective, optimizer)
     n_units = check_positive_int("n_units", n_units)
@@ -211,7 +211,8 @@ def hybrid(
         raise ValueError(f"{name} needs a cell with per-unit structure (unit_output); {cell.name!r} has none")
     lay = _layout(cell, input_size, n_units, ups)
     in_norm = streaming.as_normalisation(normalise_inputs, "normalise_inputs")
-    credit = _hybrid_credit(cell, lay, steps_per_stage, in_norm)
+    use_fast = fast and cell.hidden_size == 1 and _fast.supports(cell)
+    credit = _hybrid_credit(cell, lay, steps_per_stage, in_norm, use_fast)
     return build(name, _staged_network(cell, lay), credit, input_size, output_size, objective, optimizer, readout,
                  None, normalise_features, readout_step_scale, _effective_params(cell, lay, output_size, readout))
 
@@ -228,7 +229,8 @@ def constructive(
     normalise_inputs: Any = None,
     normalise_features: Any = None,
     readout_step_scale: bool = False,
+    fast: bool = True,
 ) -> Learner:
     """Constructive network: one unit per stage, each reading the input and every earlier unit."""
     return hybrid(cell, input_size, output_size, objective, optimizer, n_units, 1, steps_per_stage, readout,
-                  normalise_inputs, normalise_features, readout_step_scale, name="constructive")
+                  normalise_inputs, normalise_features, readout_step_scale, name="constructive", fast=fast)

@@ -24,22 +24,50 @@ import jax.numpy as jnp
 import optax
 
 from online_rnn.cells import Cell
+from online_rnn.learners import fast as _fast
 from online_rnn.learners.base import Credit, Learner, build
 from online_rnn.objectives import Objective
 
 
 class SnAp1Trace(NamedTuple):
-    influence: Any  # like the cell params, each leaf (n, S, *leaf.shape[1:]): d carry_k[i] / d leaf[i]
+    """``influence``: d carry_k[i] / d leaf[i]. The generic path keeps it as a tree like the cell params with
+    leaves ``(n, S, *leaf.shape[1:])``; the fast path as one ``(n, S, P_unit)`` array
+    (``learners.fast.split_trace`` turns it into the tree)."""
+
+    influence: Any
 
 
 def _flat(unit_carry: Any) -> jax.Array:
     return jnp.stack(jax.tree.leaves(unit_carry))
 
 
-def snap1_credit(cell: Cell) -> Credit:
+def snap1_credit(cell: Cell, fast: bool = True) -> Credit:
+    """SnAp-1 for ``cell``. ``fast`` uses the structured update of :mod:`online_rnn.learners.fast` when the cell
+    has the gated form; ``fast=False`` is the generic path (``jax.jacrev`` / ``jax.jacfwd`` of the per-unit map),
+    the test oracle of the fast one. Both keep the same trace."""
     if cell.unit_apply is None or cell.unit_output is None:
         raise ValueError(f"snap1 needs a cell with per-unit structure (unit_apply); {cell.name!r} has none")
+    if fast and _fast.supports(cell):
+        return _fast_credit(cell)
+    return _generic_credit(cell)
 
+
+def _fast_credit(cell: Cell) -> Credit:
+    def init(cell_params, carry, readout_params) -> SnAp1Trace:
+        return SnAp1Trace(_fast.init_trace(cell_params, carry))
+
+    def step(cell_params, carry, trace: SnAp1Trace, x_t, key):
+        carry_t, h_t, influence, grad = _fast.diag_step(cell, cell_params, carry, trace.influence, x_t)
+
+        def finish(dh, g_readout):
+            return grad(dh), g_readout, SnAp1Trace(influence)
+
+        return carry_t, h_t, finish
+
+    return Credit(init, step)
+
+
+def _generic_credit(cell: Cell) -> Credit:
     def init(cell_params, carry, readout_params) -> SnAp1Trace:
         n_comp = len(jax.tree.leaves(carry))
         return SnAp1Trace(

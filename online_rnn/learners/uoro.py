@@ -70,7 +70,7 @@ def uoro_credit(cell: Cell, eps: float = EPS) -> Credit:
 
         return unravel_s(s_t), h_t, finish
 
-    return Credit(init, step)
+    return Credit(init, step, uses_key=True)
 
 
 def uoro(

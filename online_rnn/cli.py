@@ -94,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="YAML file, or the name of a config in ./configs")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. steps=1000")
     r.add_argument("--out", help="results folder (default: results/<config name>)")
+    r.add_argument("--only", metavar="LABEL[,LABEL...]", help="run only these learners now (same results folder)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--no-cache", action="store_true", help="do not use the disk cache of compiled programs")
     r.add_argument("--max-chunks", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop early
@@ -112,14 +113,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exit_:  # --help or a usage error
         return int(exit_.code or 0)
+    commands = {"run": cmd_run, "compare": cmd_compare, "plot": cmd_plot, "list": lambda _: cmd_list()}
+    return guarded(commands[args.command], args)
+
+
+def guarded(fn, *args) -> int:
+    """Run a command; user errors become one line ``online-rnn: error: ...`` and exit code 2."""
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "plot":
-            return cmd_plot(args)
-        return cmd_list()
+        return fn(*args)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; finished chunks are saved: run the same command again to resume",
               file=sys.stderr)
@@ -140,10 +141,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     import jax
 
     out = Path(args.out) if args.out else Path("results") / exp.name
-    n_runs = sum(len(s.grid()) for s in exp.learners)
-    print(f"{exp.name}: {len(exp.learners)} learners, {n_runs} runs, on {len(jax.devices())} device(s); "
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    chosen = [s for s in exp.learners if only is None or s.label in only]
+    n_runs = sum(len(s.grid()) for s in chosen)
+    print(f"{exp.name}: {len(chosen)} learners, {n_runs} runs, on {len(jax.devices())} device(s); "
           f"results in {out}", flush=True)
-    report = experiment.run(exp, out, progress=not args.quiet, max_chunks=args.max_chunks)
+    report = experiment.run(exp, out, progress=not args.quiet, max_chunks=args.max_chunks, only=only)
     print(f"{report.seconds:.0f} s ({report.compile_seconds:.0f} s compiling)", flush=True)
     if not report.complete:
         print(f"stopped early after --max-chunks {args.max_chunks}; run the same command again to resume")

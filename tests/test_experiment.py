@@ -91,14 +91,16 @@ def test_metric_matches_a_python_loop(tiny_run):
     fns = runner.run_functions(exp, spec)
     carry = jax.jit(fns.init)(jnp.int32(1), {"learning_rate": jnp.float32(0.001), "lam": jnp.float32(0.9)})
     step = jax.jit(fns.step)
-    errs = []
+    errs, targets = [], []
     for t in range(spec.steps):
-        carry, (err, _, _) = step(carry, jnp.int32(t))
+        carry, (err, _, _, target) = step(carry, jnp.int32(t))
         errs.append(float(err))
+        targets.append(float(target))
     res = results_of(out, "columnar")
     run = 3  # seed 1, lr 0.001
     np.testing.assert_allclose(res["final"][run], np.mean(errs[-200:]), rtol=1e-5)
     np.testing.assert_allclose(res["curve"][run, 0], np.mean(errs[:150]), rtol=1e-5)
+    np.testing.assert_allclose(res["baseline"][run], np.var(targets[-200:]), rtol=1e-4)
 
 
 def test_same_config_twice_is_bit_identical_and_resume_matches(tiny_run, tmp_path):

@@ -200,9 +200,12 @@ def table(results: list[Results]) -> str:
     for res in results:
         for lr in res.learners:
             if not lr.complete:
-                done = lr.progress or {}
-                frac = done.get("steps_done", 0) / max(done.get("steps", 1), 1)
-                row = [lr.label, str(lr.spec.get("steps")), f"incomplete ({100 * frac:.0f}% done)"]
+                done = lr.progress
+                if done is None:
+                    status = "not run yet"
+                else:
+                    status = f"incomplete ({100 * done.get('steps_done', 0) / max(done.get('steps', 1), 1):.0f}% done)"
+                row = [lr.label, str(lr.spec.get("steps")), status]
                 rows.append((math.inf, row + [""] * (len(head) - len(row))))
                 continue
             s = lr.summary
@@ -241,6 +244,12 @@ def table(results: list[Results]) -> str:
         "|" + "|".join("---" for _ in head) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for _, r in rows]
+    baselines = [lr.arrays["baseline"] for res in results for lr in res.learners
+                 if lr.complete and "baseline" in lr.arrays]
+    baseline = float(np.nanmean(np.concatenate(baselines))) if baselines else math.nan
+    if np.isfinite(baseline):
+        lines += ["", f"For reference, the best constant prediction (the target's mean over each window) scores "
+                      f"{fmt(baseline)} (the target's variance over the window, mean over runs)."]
     if lower_bound:
         lines += ["", "≥: the compiled step contains a loop, whose body XLA's cost analysis counts once."]
     return "\n".join(lines) + "\n"

@@ -69,7 +69,8 @@ def plot(folder: str | Path) -> list[Path]:
             continue
         mean, half = _band(lr.arrays["curve"][alive])
         x = lr.arrays["bin_end"]
-        ax.plot(x, mean, color=colors[lr.label], label=f"{lr.label} ({_lr_text(best.hparams)})")
+        shown = {k: v for k, v in best.hparams.items() if k in lr.swept()}
+        ax.plot(x, mean, color=colors[lr.label], label=f"{lr.label} ({_lr_text(shown)})")
         ax.fill_between(x, mean - half, mean + half, color=colors[lr.label], alpha=0.2, linewidth=0)
         positive &= bool(np.nanmin(mean - half) > 0) if np.isfinite(mean).any() else True
     if positive:

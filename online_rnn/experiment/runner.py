@@ -22,6 +22,7 @@ before, its step is recorded in ``diverged_at``, and it contributes nothing more
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -131,22 +132,24 @@ def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
         state = set_hyperparams(state, **hparams)
         return RunCarry(env_state, state, env_key, jnp.asarray(-1, jnp.int32))
 
-    def metric(info_l: Any, info: dict, signal: Any) -> tuple[jax.Array, jax.Array]:
+    def metric(info_l: Any, info: dict, signal: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(error, weight, target) of one step; the target (0 for supervised streams) gives the baseline."""
         if kind == "prediction":
             if target not in info:
                 raise ConfigError(f"metric.target: the stream gives no {target!r}; it gives: {', '.join(info)}")
-            err = (info_l.prediction[0] - info[target].astype(info_l.prediction.dtype)) ** 2
-            return err, jnp.ones_like(err)
+            y = info[target].astype(info_l.prediction.dtype)
+            err = (info_l.prediction[0] - y) ** 2
+            return err, jnp.ones_like(err), y
         err = jnp.asarray(info_l.loss)
         weight = signal.weight if isinstance(signal, Target) else 1.0
-        return err, jnp.asarray(weight, err.dtype)
+        return err, jnp.asarray(weight, err.dtype), jnp.zeros_like(err)
 
     def step(carry: RunCarry, t: jax.Array) -> tuple[RunCarry, tuple]:
         key_t = jax.random.fold_in(carry.env_key, t)
         obs, signal, info, env_state = env.step(key_t, carry.env, env_params)
         state, info_l = learner.step(carry.learner, obs, signal)
         env_state = env.feedback(env_state, env_params, info_l.prediction)
-        err, weight = metric(info_l, info, signal)
+        err, weight, y = metric(info_l, info, signal)
         bad = ~(jnp.all(jnp.isfinite(info_l.prediction)) & jnp.isfinite(err))
         active = (t < steps) & (carry.diverged_at < 0)
         ok = active & ~bad
@@ -163,8 +166,9 @@ def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
             diverged_at=jnp.where(active & bad, t, carry.diverged_at).astype(jnp.int32),
         )
         zero = jnp.zeros_like(err)
-        out = (jnp.where(ok, err, zero).astype(jnp.float32), jnp.where(ok, weight, zero).astype(jnp.float32),
-               jnp.where(t < steps, logged, 0.0))
+        f32 = jnp.float32
+        out = (jnp.where(ok, err, zero).astype(f32), jnp.where(ok, weight, zero).astype(f32),
+               jnp.where(t < steps, logged, 0.0), jnp.where(ok, y, zero).astype(f32))
         return new, out
 
     return RunFunctions(init, step, env, env_params, learner)
@@ -217,7 +221,8 @@ def _flops_of(compiled: Any) -> Optional[float]:
 class Accumulators:
     """Host-side float64 sums of the per-step outputs of every run: binned curves, the final window, logs."""
 
-    NAMES = ("bin_err", "bin_weight", "bin_log", "bin_count", "win_err", "win_weight", "last_log")
+    NAMES = ("bin_err", "bin_weight", "bin_log", "bin_count", "win_err", "win_weight", "last_log", "win_target",
+             "win_target_sq")
 
     def __init__(self, n_runs: int, steps: int, bins: int, window: int, n_logs: int):
         self.steps, self.bins, self.window = steps, bins, window
@@ -228,6 +233,8 @@ class Accumulators:
         self.win_err = np.zeros((n_runs,))
         self.win_weight = np.zeros((n_runs,))
         self.last_log = np.full((n_runs, n_logs), np.nan)
+        self.win_target = np.zeros((n_runs,))  # sums of the target over the window: the best constant's error
+        self.win_target_sq = np.zeros((n_runs,))
 
     def bin_edges(self) -> np.ndarray:
         """End step (exclusive) of every bin."""
@@ -236,12 +243,14 @@ class Accumulators:
     def _bin_start(self, b: int) -> int:
         return -(-b * self.steps // self.bins)  # first t with t * bins // steps >= b
 
-    def add(self, t0: int, err: np.ndarray, weight: np.ndarray, logs: np.ndarray) -> None:
+    def add(self, t0: int, err: np.ndarray, weight: np.ndarray, logs: np.ndarray,
+            target: Optional[np.ndarray] = None) -> None:
         """Add the outputs of steps ``t0 .. t0 + n - 1`` (arrays (runs, n) and (runs, n, logs))."""
         n = min(err.shape[1], self.steps - t0)
         if n <= 0:
             return
-        err, weight, logs = (np.asarray(a[:, :n], np.float64) for a in (err, weight, logs))
+        target = np.zeros_like(err) if target is None else target
+        err, weight, logs, target = (np.asarray(a[:, :n], np.float64) for a in (err, weight, logs, target))
         first, last = t0 * self.bins // self.steps, (t0 + n - 1) * self.bins // self.steps
         for b in range(first, last + 1):
             lo = max(self._bin_start(b), t0) - t0
@@ -254,6 +263,8 @@ class Accumulators:
         if lo < n:
             self.win_err += err[:, lo:].sum(1)
             self.win_weight += weight[:, lo:].sum(1)
+            self.win_target += target[:, lo:].sum(1)
+            self.win_target_sq += (target[:, lo:] ** 2).sum(1)
         if logs.shape[2]:
             self.last_log = logs[:, -1, :]
 
@@ -506,17 +517,26 @@ def run(
     max_chunks: Optional[int] = None,
     flops: bool = True,
     workers: Optional[int] = None,
+    only: Optional[list[str]] = None,
 ) -> RunReport:
     """Run (or resume) every learner of ``exp``, writing results to ``out``. ``max_chunks`` stops after that
     many chunks in this call (the state is saved; calling again resumes). Compilation of the learners runs in a
-    thread pool of ``workers`` (default: one per CPU core) before the runs start."""
+    thread pool of ``workers`` (default: one per CPU core) before the runs start. ``only``: labels of the
+    learners to run now (the others are left for a later call; the results folder is the same)."""
     start = time.perf_counter()
     out = Path(out)
     check_results_folder(out, exp)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, {"hash": exp.hash, "config": exp.resolved, "format": FORMAT_VERSION})
-    pending = [s for s in exp.learners if not (group_dir(out, s) / RESULTS).exists()]
-    done = [s.label for s in exp.learners if s not in pending]
+    labels = [s.label for s in exp.learners]
+    for label in only or []:
+        if label not in labels:
+            near = difflib.get_close_matches(label, labels, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"--only: no learner labelled {label!r}; {hint}labels: {', '.join(labels)}")
+    chosen = [s for s in exp.learners if only is None or s.label in only]
+    pending = [s for s in chosen if not (group_dir(out, s) / RESULTS).exists()]
+    done = [s.label for s in chosen if s not in pending]
     groups = [Group(exp, s) for s in pending]
     fresh = [g for g in groups if not g.from_cache(flops)]
     if fresh and progress:
@@ -577,10 +597,10 @@ def _run_group(group: Group, out: Path, progress: bool, chunks_left: list) -> bo
                     return False
                 chunks_left[0] -= 1
             tic = time.perf_counter()
-            carry, (err, weight, logs) = group.run_chunk(carry, t)
-            err, weight, logs = (np.asarray(jax.device_get(a))[: group.n_runs] for a in (err, weight, logs))
+            carry, outputs = group.run_chunk(carry, t)
+            err, weight, logs, target = (np.asarray(jax.device_get(a))[: group.n_runs] for a in outputs)
             wall += time.perf_counter() - tic
-            acc.add(t, err, weight, logs)
+            acc.add(t, err, weight, logs, target)
             n = min(spec.chunk, spec.steps - t)
             t += n
             _save_checkpoint(ckpt, group, carry, acc, t, wall)
@@ -636,6 +656,10 @@ def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulator
         "diverged_at": diverged_at,
         "log_curve": log_curve,
         "log_final": acc.last_log,
+        # MSRE of the best constant prediction over the window (the target's variance); NaN for supervised streams
+        "baseline": np.where((acc.win_weight > 0) & (exp.kind == "prediction"),
+                             acc.win_target_sq / np.maximum(acc.win_weight, 1)
+                             - (acc.win_target / np.maximum(acc.win_weight, 1)) ** 2, np.nan),
         **{f"hp_{k}": np.array([r[k] for r in group.grid], np.float64) for k in spec.hparam_names},
     }
     write_npz(folder / RESULTS, arrays)

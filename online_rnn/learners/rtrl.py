@@ -11,8 +11,9 @@ uses the influence through the cell output ``h_t = g(theta, s_{t-1}, x_t)``::
 
     dL/dtheta = dh (d g/d theta + d g/d s_{t-1} J_{t-1})
 
-which needs no assumption about how ``h_t`` is read from the carry. Cost per step O(|s|^2 |theta|), memory
-O(|s| |theta|): keep it small.
+which needs no assumption about how ``h_t`` is read from the carry. The row ``dh d g / d s_{t-1}`` is stacked
+under ``A_t`` so that one matrix product ``[A_t; dh dg/ds] J_{t-1}`` serves both (DESIGN.md measured this form
+1.2-1.7x faster than separate products). Cost per step O(|s|^2 |theta|), memory O(|s| |theta|): keep it small.
 """
 
 from __future__ import annotations
@@ -57,12 +58,15 @@ def rtrl_credit(cell: Cell) -> Credit:
 
         def finish(dh, g_readout):
             g_theta, g_s = f_vjp((jnp.zeros_like(s_t), dh))
-            grad = g_theta + g_s @ trace.influence
             next_s = lambda s_: f(theta, s_)[0]  # noqa: E731
             next_theta = lambda th: f(th, s)[0]  # noqa: E731
             a_t = jax.jacfwd(next_s)(s)
             d_t = jax.jacrev(next_theta)(theta)
-            influence = d_t + a_t @ trace.influence
+            # one matmul for both the influence update and the gradient: the loss row rides along with A_t
+            # (one pass over J_{t-1} instead of two)
+            product = jnp.concatenate([a_t, g_s[None, :]], axis=0) @ trace.influence
+            influence = d_t + product[:-1]
+            grad = g_theta + product[-1]
             return unravel_theta(grad), g_readout, RTRLTrace(influence)
 
         return unravel_s(s_t), h_t, finish

@@ -200,8 +200,8 @@ def lstm(hidden_size: int, forget_bias: float = 1.0, init_range: Optional[float]
         return LSTMParams(w_x=w_x, w_h=w_h, b=b.at[:, 1].add(forget_bias))
 
     def initial_carry(params: LSTMParams) -> LSTMCarry:
-        zeros = jnp.zeros((n,), params.b.dtype)
-        return LSTMCarry(h=zeros, c=zeros)
+        # two distinct buffers, so that a caller may donate the state
+        return LSTMCarry(h=jnp.zeros((n,), params.b.dtype), c=jnp.zeros((n,), params.b.dtype))
 
     def pointwise(p: LSTMParams, zx: jax.Array, zh: jax.Array, carry_i: LSTMCarry) -> LSTMCarry:
         z = zx + zh

@@ -70,7 +70,10 @@ def _verdict(results) -> str:
     baselines = [lr.arrays["baseline"] for lr in results.learners if lr.complete]
     if not baselines:
         return ""
-    baseline = float(np.nanmean(np.concatenate(baselines)))
+    values = np.concatenate(baselines)
+    if not np.isfinite(values).any():
+        return ""
+    baseline = float(np.mean(values[np.isfinite(values)]))
     better = []
     for lr in results.learners:
         best = lr.best() if lr.complete else None

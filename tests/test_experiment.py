@@ -284,12 +284,21 @@ BAD = [
     (lambda c: c["objective"].update(name="squared_error"), r"^objective\.name: trace_conditioning is a prediction "
      r"stream; use td_lambda"),
     (lambda c: c.pop("learners"), r"^learners: required key is missing"),
+    (lambda c: c["metric"].update(best_by="max length"), r"^metric\.best_by: unknown name 'max length'; allowed: "
+     r"error$"),
     (lambda c: c["env"].update(isi="x"), r"^env: "),
 ]
 
 
+@pytest.fixture(scope="module")
+def warm() -> None:
+    """Resolve a valid config once: streams build their parameters with eager jnp calls, whose tiny kernels
+    compile on first use; after this, validating a config compiles nothing."""
+    cfg.resolve(TINY)
+
+
 @pytest.mark.parametrize("change,pattern", BAD, ids=[p for _, p in BAD])
-def test_config_errors_are_one_line_and_raised_before_compiling(change, pattern):
+def test_config_errors_are_one_line_and_raised_before_compiling(warm, change, pattern):
     events = _compile_events()
     with pytest.raises(ConfigError) as info:
         cfg.resolve(_with(change))
@@ -308,3 +317,16 @@ def test_unknown_config_file_and_bad_yaml(tmp_path):
         cfg.load(bad)
     with pytest.raises(ConfigError, match="expected key=value"):
         cfg.load(write_config(tmp_path, TINY), ["steps"])
+
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_validate(path):
+    """Every config in configs/ resolves (learners built, one step traced), at full and at a tiny budget."""
+    exp = experiment.load(path)
+    assert exp.name == path.stem and exp.learners
+    small = experiment.load(path, ["budget=0.0001"])
+    for tiny, full in zip(small.learners, exp.learners):
+        assert abs(tiny.steps - max(1, full.steps / exp.budget * 0.0001)) <= 1

@@ -32,6 +32,7 @@ class Setting:
     runs: np.ndarray  # indices into the learner's run axis
     final: np.ndarray  # final-window metric per run (NaN if diverged)
     diverged: int
+    score: float = math.nan  # what `best` minimises: the mean final metric, or -(mean final log) for "max <log>"
 
     @property
     def ok(self) -> np.ndarray:
@@ -53,6 +54,7 @@ class LearnerResult:
     summary: Optional[dict] = None
     arrays: Optional[dict] = None
     progress: Optional[dict] = None
+    best_by: str = "error"  # the config's metric.best_by
 
     @property
     def complete(self) -> bool:
@@ -68,10 +70,19 @@ class LearnerResult:
             if k not in order:
                 order.append(k)
         div = arrays["diverged_at"] >= 0
+        goal, log = parse_best_by(self.best_by)
         out = []
         for k in order:
             idx = np.array([i for i, kk in enumerate(keys) if kk == k])
-            out.append(Setting(dict(zip(names, map(float, k))), idx, arrays["final"][idx], int(div[idx].sum())))
+            setting = Setting(dict(zip(names, map(float, k))), idx, arrays["final"][idx], int(div[idx].sum()))
+            if log is None:
+                setting.score = setting.mean
+            else:
+                vals = arrays["log_final"][idx[~div[idx]], self.summary["logs"].index(log)]
+                vals = vals[np.isfinite(vals)]
+                mean = float(vals.mean()) if vals.size else math.nan
+                setting.score = -mean if goal == "max" else mean
+            out.append(setting)
         return out
 
     def best(self) -> Optional[Setting]:
@@ -79,7 +90,7 @@ class LearnerResult:
         if not settings:
             return None
         clean = [s for s in settings if s.diverged == 0]
-        return min(clean or settings, key=lambda s: s.mean)
+        return min(clean or settings, key=lambda s: (not np.isfinite(s.score), s.score))
 
     def swept(self) -> list[str]:
         """Hyperparameters with more than one value in this learner's sweep (learning rate always)."""
@@ -111,7 +122,7 @@ def load_results(folder: str | Path) -> Results:
     res = Results(folder, data["config"], data["hash"])
     for spec in data["config"]["learners"]:
         sub = folder / group_dir_name(spec["label"])
-        lr = LearnerResult(spec["label"], spec)
+        lr = LearnerResult(spec["label"], spec, best_by=data["config"]["metric"].get("best_by", "error"))
         if (sub / PROGRESS).exists():
             lr.progress = json.loads((sub / PROGRESS).read_text())
         if (sub / RESULTS).exists() and (sub / SUMMARY).exists():
@@ -120,6 +131,14 @@ def load_results(folder: str | Path) -> Results:
                 lr.arrays = {k: np.asarray(npz[k]) for k in npz.files}
         res.learners.append(lr)
     return res
+
+
+def parse_best_by(text: str) -> tuple[str, Optional[str]]:
+    """``"error"`` -> ("min", None); ``"max <log>"`` / ``"min <log>"`` -> (goal, log name)."""
+    if text == "error":
+        return "min", None
+    goal, _, log = text.partition(" ")
+    return goal, log
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -225,20 +244,27 @@ def table(results: list[Results]) -> str:
             row = [lr.label, str(s["steps"]), _setting_text(best, lr.swept()), value]
             if is_copy:
                 row.append(fmt(mean / math.log(2)))
+            alive = best.runs[lr.arrays["diverged_at"][best.runs] < 0]
             for j, _ in enumerate(logs):
-                vals = lr.arrays["log_final"][best.runs, j]
-                row.append(fmt(float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan))
+                vals = lr.arrays["log_final"][alive, j]
+                vals = vals[np.isfinite(vals)]
+                ci = ci95(vals)
+                text = fmt(float(vals.mean())) if vals.size else "n/a"
+                row.append(f"{text} ± {fmt(ci, 2)}" if np.isfinite(ci) else text)
             row += [str(best.ok.size), f"{best.diverged}/{total_div}", str(s["n_params"]), flops_text,
                     fmt_count(s["seed_steps_per_second"])]
-            rows.append((mean, row))
-    rows.sort(key=lambda r: r[0])
+            rows.append((best.score, row))
+    rows.sort(key=lambda r: r[0] if np.isfinite(r[0]) else math.inf)
     windows = sorted({lr.summary["window"] for res in results for lr in res.learners if lr.complete})
     window_text = " / ".join(f"{w:,}" for w in windows) or "?"
+    goal, log = parse_best_by(config["metric"].get("best_by", "error"))
+    by = ("that mean" if log is None
+          else f"the {'largest' if goal == 'max' else 'smallest'} {log} at the end of the run")
     lines = [
         f"## {benchmark_title(config)}: {name}",
         "",
-        f"Final metric: mean over the last {window_text} steps of each run; best setting by that mean over seeds "
-        f"(non-diverged runs). Results: {', '.join(str(r.folder) for r in results)}.",
+        f"Final metric: mean over the last {window_text} steps of each run; best setting by {by}, mean over seeds "
+        f"(non-diverged runs); rows in that order. Results: {', '.join(str(r.folder) for r in results)}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
@@ -246,7 +272,8 @@ def table(results: list[Results]) -> str:
     lines += ["| " + " | ".join(r) + " |" for _, r in rows]
     baselines = [lr.arrays["baseline"] for res in results for lr in res.learners
                  if lr.complete and "baseline" in lr.arrays]
-    baseline = float(np.nanmean(np.concatenate(baselines))) if baselines else math.nan
+    values = np.concatenate(baselines) if baselines else np.zeros(0)
+    baseline = float(np.mean(values[np.isfinite(values)])) if np.isfinite(values).any() else math.nan
     if np.isfinite(baseline):
         lines += ["", f"For reference, the best constant prediction (the target's mean over each window) scores "
                       f"{fmt(baseline)} (the target's variance over the window, mean over runs)."]

@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 TOP_KEYS = ("name", "description", "env", "objective", "steps", "chunk", "budget", "metric", "sweep", "learners")
-METRIC_KEYS = ("window", "bins", "target", "log")
+METRIC_KEYS = ("window", "bins", "target", "log", "best_by")
 LEARNER_BASE_KEYS = ("name", "label", "cell", "optimizer", "sweep", "steps")
 # learner factory arguments the runner supplies itself
 SUPPLIED = ("cell", "input_size", "output_size", "objective", "optimizer")
@@ -457,6 +457,9 @@ def resolve(raw: dict, check_shapes: bool = True) -> Experiment:
     logs = metric_cfg.get("log", list(LOGS_BY_ENV.get(env_name, ())))
     if not isinstance(logs, list) or not all(isinstance(x, str) for x in logs):
         fail("metric.log", f"expected a list of names of the stream's info entries, got {_show(logs)}")
+    best_by = metric_cfg.get("best_by", "error")
+    choices = ["error"] + [f"{goal} {log}" for log in logs for goal in ("max", "min")]
+    best_by = as_name(best_by, "metric.best_by", choices)
 
     # ---- global sweep
     sweep_global = _check_sweep(sweep_global, "sweep", None)
@@ -474,7 +477,7 @@ def resolve(raw: dict, check_shapes: bool = True) -> Experiment:
         labels.append(spec.label)
         specs.append(spec)
 
-    metric = {"target": target, "bins": bins, "window": window_cfg, "log": list(logs)}
+    metric = {"target": target, "bins": bins, "window": window_cfg, "log": list(logs), "best_by": best_by}
     resolved = {
         "name": name,
         "env": {"name": env_name, **env_kwargs},

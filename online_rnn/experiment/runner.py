@@ -8,7 +8,7 @@ Shape-changing settings are separate learner entries, hence separate compilation
 
 Random numbers depend on the seed only (common random numbers across learners and step sizes)::
 
-    env_key = fold_in(PRNGKey(seed), 0)      # reset key; step t uses fold_in(env_key, t)
+    env_key = fold_in(PRNGKey(seed), 0)      # reset key; step t uses prng.fold_in(env_key, t)
     init_key = fold_in(PRNGKey(seed), 1)     # learner.init
 
 Runs are scanned in chunks of ``chunk`` steps by one compiled function that takes the step offset as an array
@@ -42,6 +42,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from online_rnn import prng
 from online_rnn.experiment import config as cfg
 from online_rnn.experiment.config import ConfigError, Experiment, LearnerSpec
 from online_rnn.objectives import Target
@@ -145,7 +146,7 @@ def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
         return err, jnp.asarray(weight, err.dtype), jnp.zeros_like(err)
 
     def step(carry: RunCarry, t: jax.Array) -> tuple[RunCarry, tuple]:
-        key_t = jax.random.fold_in(carry.env_key, t)
+        key_t = prng.fold_in(carry.env_key, t)  # unrolled Threefry: jax.random's is a slow loop on CPU
         obs, signal, info, env_state = env.step(key_t, carry.env, env_params)
         state, info_l = learner.step(carry.learner, obs, signal)
         env_state = env.feedback(env_state, env_params, info_l.prediction)

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         for setting in lr.settings() if lr.complete else []:
             steps = lr.arrays["diverged_at"][setting.runs]
             if (steps >= 0).any():
-                outcome = f"diverged in {int((steps >= 0).sum())}/{steps.size} runs, first at step {steps[steps >= 0].min()}"
+                first = steps[steps >= 0].min()
+                outcome = f"diverged in {int((steps >= 0).sum())}/{steps.size} runs, first at step {first}"
             else:
                 loss = float(np.mean(setting.final))
                 verdict = "converged" if loss < CONVERGED else "did not converge"

@@ -37,10 +37,22 @@ def cores() -> int:
 
 
 def use_all_cores() -> None:
-    """Expose one JAX CPU device per core, unless the user set XLA_FLAGS (takes effect only if JAX's backend
-    has not started yet)."""
-    if "XLA_FLAGS" not in os.environ:
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cores()}"
+    """Expose one JAX CPU device per core, unless the user set XLA_FLAGS. Does nothing once JAX's backend has
+    started (the flag would have no effect, and would only leak into child processes)."""
+    if "XLA_FLAGS" in os.environ or _backend_started():
+        return
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cores()}"
+
+
+def _backend_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # private API: assume it has started, and leave XLA_FLAGS alone
+        return True
 
 
 def enable_compilation_cache() -> None:

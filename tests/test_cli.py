@@ -90,7 +90,7 @@ def test_errors_are_one_line_with_exit_code_2(config_path, in_process, tmp_path,
     assert cli.main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "config not found" in _one_line_error(capsys)
 
-    assert cli.main(["run", str(config_path), "steps=300", "--out", str(in_process)]) == 2
+    assert cli.main(["run", str(config_path), "steps=300", "--out", str(in_process), "--no-cache"]) == 2
     assert "belongs to a different config (differs at: steps" in _one_line_error(capsys)
 
     assert cli.main(["run", str(config_path), "stepz=300", "--out", str(tmp_path / "y")]) == 2

@@ -330,3 +330,20 @@ def test_shipped_configs_validate(path):
     small = experiment.load(path, ["budget=0.0001"])
     for tiny, full in zip(small.learners, exp.learners):
         assert abs(tiny.steps - max(1, full.steps / exp.budget * 0.0001)) <= 1
+
+
+def test_optimizer_hyperparameters_and_lambda_are_swept_per_run():
+    config = {**TINY, "sweep": {"seeds": 1, "learning_rate": [0.01], "lam": [0.5, 0.9]},
+              "learners": [{"name": "columnar", "n_columns": 1, "optimizer": {"name": "ccn_rmsprop"},
+                            "sweep": {"beta2": [0.99, 0.999]}}]}
+    exp = experiment.resolve(config)
+    spec = exp.learners[0]
+    grid = spec.grid()
+    assert [(g["lam"], g["beta2"]) for g in grid] == [(0.5, 0.99), (0.5, 0.999), (0.9, 0.99), (0.9, 0.999)]
+    fns = runner.run_functions(exp, spec)
+    carry = jax.jit(fns.init)(jnp.int32(0), {k: jnp.float32(v) for k, v in grid[3].items() if k != "seed"})
+    assert float(carry.learner.opt_state.hyperparams["beta2"]) == np.float32(0.999)
+    assert float(carry.learner.objective.lam) == np.float32(0.9)
+    with pytest.raises(ConfigError, match=r"sweep\.initial_normaliser: unknown key"):
+        experiment.resolve({**config, "learners": [{**config["learners"][0],
+                                                     "sweep": {"initial_normaliser": [1.0]}}]})

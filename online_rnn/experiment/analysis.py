@@ -217,6 +217,9 @@ def table(results: list[Results]) -> str:
     rows: list[tuple[float, list[str]]] = []
     lower_bound = False
     for res in results:
+        def tag(label: str, folder: Path = res.folder) -> str:
+            return label if len(results) == 1 else f"{label} ({folder.name})"
+
         for lr in res.learners:
             if not lr.complete:
                 done = lr.progress
@@ -224,7 +227,7 @@ def table(results: list[Results]) -> str:
                     status = "not run yet"
                 else:
                     status = f"incomplete ({100 * done.get('steps_done', 0) / max(done.get('steps', 1), 1):.0f}% done)"
-                row = [lr.label, str(lr.spec.get("steps")), status]
+                row = [tag(lr.label), str(lr.spec.get("steps")), status]
                 rows.append((math.inf, row + [""] * (len(head) - len(row))))
                 continue
             s = lr.summary
@@ -234,14 +237,14 @@ def table(results: list[Results]) -> str:
             lower_bound |= bool(s.get("flops_lower_bound")) and flops is not None
             flops_text = ("≥" if s.get("flops_lower_bound") and flops is not None else "") + fmt_count(flops)
             if best is None:
-                row = [lr.label, str(s["steps"]), "all diverged", "n/a"]
+                row = [tag(lr.label), str(s["steps"]), "all diverged", "n/a"]
                 row += ["n/a"] * is_copy + [""] * len(logs)
                 row += ["0", f"-/{total_div}", str(s["n_params"]), flops_text, fmt_count(s["seed_steps_per_second"])]
                 rows.append((math.inf, row))
                 continue
             mean, ci = best.mean, best.ci95()
             value = f"{fmt(mean)} ± {fmt(ci, 2)}" if np.isfinite(ci) else f"{fmt(mean)}"
-            row = [lr.label, str(s["steps"]), _setting_text(best, lr.swept()), value]
+            row = [tag(lr.label), str(s["steps"]), _setting_text(best, lr.swept()), value]
             if is_copy:
                 row.append(fmt(mean / math.log(2)))
             alive = best.runs[lr.arrays["diverged_at"][best.runs] < 0]

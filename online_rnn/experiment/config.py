@@ -306,8 +306,8 @@ def optimizer_hyperparameters(name: str) -> list[str]:
     for pname, p in sig.parameters.items():
         if pname == "learning_rate" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        if isinstance(p.default, bool) or "dtype" in pname:
-            continue
+        if isinstance(p.default, bool) or "dtype" in pname or pname.startswith("initial"):
+            continue  # flags, dtypes, and values used only when the state is created (rmsprop's initial_scale)
         if p.default is None or isinstance(p.default, (int, float)):
             out.append(pname)
     return out

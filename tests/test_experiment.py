@@ -169,21 +169,31 @@ def test_set_hyperparams_sets_learning_rate_and_lambda():
         experiment.set_hyperparams(state, beta2=0.5)
 
 
-def test_accumulators_bin_like_numpy():
+def test_accumulators_bin_block_sums_like_numpy():
+    """Chunks of 60 steps straddle bins of 200; blocks of 20 steps (the block size) never do."""
     rng = np.random.default_rng(0)
-    steps, bins, window, chunk = 1000, 7, 130, 64
+    steps, bins, window, chunk = 1200, 6, 300, 60
+    g = runner.block_size(steps, bins, window, chunk)
+    assert g == 20 and runner.block_size(1000, 7, 130, 64) == 1  # awkward sizes fall back to single steps
     err = rng.random((3, steps)).astype(np.float32)
     weight = (rng.random((3, steps)) > 0.3).astype(np.float32)
-    acc = runner.Accumulators(3, steps, bins, window, 0)
+    target = rng.random((3, steps)).astype(np.float32)
+    logs = rng.random((3, steps, 1)).astype(np.float32)
+    acc = runner.Accumulators(3, steps, bins, window, 1)
+    blocks = lambda x, t0: x[:, t0:t0 + chunk].reshape((3, chunk // g, g) + x.shape[2:]).sum(2)  # noqa: E731
     for t0 in range(0, steps, chunk):
-        acc.add(t0, err[:, t0:t0 + chunk], weight[:, t0:t0 + chunk], np.zeros((3, min(chunk, steps - t0), 0)))
+        acc.add(t0, g, runner.Blocks(blocks(err, t0), blocks(weight, t0), blocks(target, t0),
+                                     blocks(target ** 2, t0), blocks(logs, t0), logs[:, t0 + chunk - 1]))
     edges = np.r_[0, acc.bin_edges()]
     for b in range(bins):
         sl = slice(edges[b], edges[b + 1])
-        np.testing.assert_allclose(acc.bin_err[:, b], err[:, sl].astype(np.float64).sum(1), rtol=1e-12)
+        np.testing.assert_allclose(acc.bin_err[:, b], err[:, sl].astype(np.float64).sum(1), rtol=1e-6)
         np.testing.assert_allclose(acc.bin_weight[:, b], weight[:, sl].sum(1))
-    np.testing.assert_allclose(acc.win_err, err[:, -window:].astype(np.float64).sum(1), rtol=1e-12)
-    assert acc.bin_count.sum() == steps and np.all(np.diff(edges) > 0)
+        np.testing.assert_allclose(acc.bin_log[:, 0, b], logs[:, sl, 0].astype(np.float64).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(acc.win_err, err[:, -window:].astype(np.float64).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(acc.win_target_sq, (target[:, -window:] ** 2).astype(np.float64).sum(1), rtol=1e-6)
+    np.testing.assert_array_equal(acc.last_log, logs[:, -1])
+    assert acc.bin_count.sum() == steps and np.all(np.diff(edges) == 200)
 
 
 # ------------------------------------------------------------------------------------------------ overrides
@@ -347,3 +357,31 @@ def test_optimizer_hyperparameters_and_lambda_are_swept_per_run():
     with pytest.raises(ConfigError, match=r"sweep\.initial_normaliser: unknown key"):
         experiment.resolve({**config, "learners": [{**config["learners"][0],
                                                      "sweep": {"initial_normaliser": [1.0]}}]})
+
+
+def test_supervised_weights_logs_and_a_partial_last_chunk(tmp_path):
+    """Copy task: the loss is averaged over output steps (Target.weight), the curriculum length is logged, and
+    the last chunk runs past the end of the run (500 steps in chunks of 200)."""
+    config = {"name": "copy", "env": {"name": "copy_task", "max_length": 8}, "steps": 500, "chunk": 200,
+              "metric": {"window": 100, "bins": 4, "best_by": "max curriculum_length"},
+              "sweep": {"seeds": 1, "learning_rate": [0.1]},
+              "learners": [{"name": "columnar", "n_columns": 2, "optimizer": {"name": "sgd"}}]}
+    exp = experiment.resolve(config)
+    experiment.run(exp, tmp_path, progress=False, flops=False)
+    res = results_of(tmp_path, "columnar")
+    fns = runner.run_functions(exp, exp.learners[0])
+    carry = jax.jit(fns.init)(jnp.int32(0), {"learning_rate": jnp.float32(0.1)})
+    step = jax.jit(fns.step)
+    outs = []
+    for t in range(500):
+        carry, out = step(carry, jnp.int32(t))
+        outs.append([float(out[0]), float(out[1]), float(out[2][0])])
+    err, weight, length = np.array(outs).T
+    assert 0 < weight[-100:].sum() < 100  # only output steps count
+    np.testing.assert_allclose(res["final"][0], err[-100:].sum() / weight[-100:].sum(), rtol=1e-5)
+    np.testing.assert_allclose(res["curve"][0, 0], err[:125].sum() / weight[:125].sum(), rtol=1e-5)
+    assert res["log_final"][0, 0] == length[-1]
+    np.testing.assert_allclose(res["log_curve"][0, 0, -1], length[375:].mean(), rtol=1e-6)
+    assert np.isnan(res["baseline"][0])
+    table = experiment.compare([tmp_path], write=False)
+    assert "bits/char" in table and "curriculum_length (end)" in table

@@ -12,9 +12,11 @@ Random numbers depend on the seed only (common random numbers across learners an
     init_key = fold_in(PRNGKey(seed), 1)     # learner.init
 
 Runs are scanned in chunks of ``chunk`` steps by one compiled function that takes the step offset as an array
-(no retracing between chunks). After each chunk the per-step errors are binned on the host in float64, and the
-carried state plus the host accumulators are saved atomically to ``<out>/<label>/checkpoint.npz``; running the
-same config again resumes there and ends bit-identical to an uninterrupted run.
+(no retracing between chunks). The chunk sums each run's per-step errors over blocks of steps that never straddle
+a learning-curve bin or the final window (:func:`block_size`; e.g. 10k steps), so little leaves the device; the
+host adds the block sums in float64 (float32 sums over 50M steps would lose digits). After each chunk the
+carried state and the host accumulators are saved atomically to ``<out>/learners/<label>/checkpoint.npz``;
+running the same config again resumes there and ends bit-identical to an uninterrupted run.
 
 Divergence: a run whose prediction or error becomes NaN/inf is frozen (``jnp.where`` over its state) at the step
 before, its step is recorded in ``diverged_at``, and it contributes nothing more; the other runs are untouched.
@@ -219,8 +221,32 @@ def _flops_of(compiled: Any) -> Optional[float]:
 # ---------------------------------------------------------------------------------------------- accumulators
 
 
+def block_size(steps: int, bins: int, window: int, chunk: int) -> int:
+    """The largest number of steps that divides the chunk, the run and every bin and window boundary: the
+    compiled chunk sums its per-step outputs over blocks of this many steps, so that only ``chunk / block``
+    numbers per run and output leave the device, and each block lies inside one bin."""
+    g = math.gcd(chunk, steps, steps - window)
+    for b in range(1, bins):
+        g = math.gcd(g, -(-b * steps // bins))
+    return max(g, 1)
+
+
+class Blocks(NamedTuple):
+    """Per-run sums over blocks of steps of one chunk: arrays (runs, n_blocks), ``logs`` (runs, n_blocks, L);
+    ``last_log`` (runs, L) the logged values at the chunk's last step inside the run."""
+
+    err: Any
+    weight: Any
+    target: Any
+    target_sq: Any
+    logs: Any
+    last_log: Any
+
+
 class Accumulators:
-    """Host-side float64 sums of the per-step outputs of every run: binned curves, the final window, logs."""
+    """Host-side float64 sums of every run's outputs: binned curves, the final window, logs, the target's
+    moments over the window. They take block sums (:class:`Blocks`) whose blocks never straddle a bin or the
+    window's start (:func:`block_size`)."""
 
     NAMES = ("bin_err", "bin_weight", "bin_log", "bin_count", "win_err", "win_weight", "last_log", "win_target",
              "win_target_sq")
@@ -244,30 +270,29 @@ class Accumulators:
     def _bin_start(self, b: int) -> int:
         return -(-b * self.steps // self.bins)  # first t with t * bins // steps >= b
 
-    def add(self, t0: int, err: np.ndarray, weight: np.ndarray, logs: np.ndarray,
-            target: Optional[np.ndarray] = None) -> None:
-        """Add the outputs of steps ``t0 .. t0 + n - 1`` (arrays (runs, n) and (runs, n, logs))."""
-        n = min(err.shape[1], self.steps - t0)
-        if n <= 0:
-            return
-        target = np.zeros_like(err) if target is None else target
-        err, weight, logs, target = (np.asarray(a[:, :n], np.float64) for a in (err, weight, logs, target))
-        first, last = t0 * self.bins // self.steps, (t0 + n - 1) * self.bins // self.steps
-        for b in range(first, last + 1):
-            lo = max(self._bin_start(b), t0) - t0
-            hi = min(self._bin_start(b + 1), t0 + n) - t0
-            self.bin_err[:, b] += err[:, lo:hi].sum(1)
-            self.bin_weight[:, b] += weight[:, lo:hi].sum(1)
-            self.bin_log[:, :, b] += logs[:, lo:hi].sum(1)
-            self.bin_count[b] += hi - lo
-        lo = max(self.steps - self.window, t0) - t0
-        if lo < n:
-            self.win_err += err[:, lo:].sum(1)
-            self.win_weight += weight[:, lo:].sum(1)
-            self.win_target += target[:, lo:].sum(1)
-            self.win_target_sq += (target[:, lo:] ** 2).sum(1)
-        if logs.shape[2]:
-            self.last_log = logs[:, -1, :]
+    def add(self, t0: int, block: int, sums: Blocks) -> None:
+        """Add the block sums of a chunk starting at step ``t0``; block ``j`` covers steps
+        ``t0 + j * block .. t0 + (j + 1) * block - 1``."""
+        err, weight, target, target_sq, logs = (
+            np.asarray(a, np.float64) for a in (sums.err, sums.weight, sums.target, sums.target_sq, sums.logs)
+        )
+        starts = t0 + block * np.arange(err.shape[1], dtype=np.int64)
+        starts = starts[starts < self.steps]
+        bins = starts * self.bins // self.steps
+        for b in np.unique(bins):
+            cols = np.flatnonzero(bins == b)
+            self.bin_err[:, b] += err[:, cols].sum(1)
+            self.bin_weight[:, b] += weight[:, cols].sum(1)
+            self.bin_log[:, :, b] += logs[:, cols].sum(1)
+            self.bin_count[b] += block * cols.size
+        cols = np.flatnonzero(starts >= self.steps - self.window)
+        if cols.size:
+            self.win_err += err[:, cols].sum(1)
+            self.win_weight += weight[:, cols].sum(1)
+            self.win_target += target[:, cols].sum(1)
+            self.win_target_sq += target_sq[:, cols].sum(1)
+        if logs.shape[2] and starts.size:
+            self.last_log = np.asarray(sums.last_log, np.float64)
 
     def state(self) -> dict:
         return {f"acc_{k}": getattr(self, k) for k in self.NAMES}
@@ -370,6 +395,7 @@ def compile_key(exp: Experiment, spec: LearnerSpec, n_devices: int, n_padded: in
         "metric": {"target": exp.metric["target"], "log": exp.metric["log"]},
         "learner": learner,
         "hparams": spec.hparam_names,
+        "block": block_size(spec.steps, spec.bins, spec.window, spec.chunk),
         "runs": n_padded,
         "devices": n_devices,
         "x64": bool(jax.config.jax_enable_x64),
@@ -400,6 +426,7 @@ class Group:
         self.hparams = {k: np.array([r[k] for r in rows], np.float32) for k in spec.hparam_names}
         self.sharded = NamedSharding(self.mesh, P("runs"))
         self.replicated = NamedSharding(self.mesh, P())
+        self.block = block_size(spec.steps, spec.bins, spec.window, spec.chunk)
         self.n_traces = 0
         self.compile_seconds = 0.0
         self.flops: Optional[float] = None
@@ -408,12 +435,16 @@ class Group:
         self._init = None
 
     # -- the compiled functions
-    def _chunk_local(self, carry: RunCarry, t0: jax.Array) -> tuple[RunCarry, tuple]:
+    def _chunk_local(self, carry: RunCarry, t0: jax.Array) -> tuple[RunCarry, Blocks]:
         self.n_traces += 1  # counts traces: one per compilation, none between chunks
-        ts = t0 + jnp.arange(self.spec.chunk, dtype=jnp.int32)
+        chunk, g = self.spec.chunk, self.block
+        ts = t0 + jnp.arange(chunk, dtype=jnp.int32)
+        last = jnp.clip(self.spec.steps - 1 - t0, 0, chunk - 1)  # the chunk's last step inside the run
 
-        def one(c: RunCarry) -> tuple[RunCarry, tuple]:
-            return jax.lax.scan(self.fns.step, c, ts)
+        def one(c: RunCarry) -> tuple[RunCarry, Blocks]:
+            c, (err, weight, logs, y) = jax.lax.scan(self.fns.step, c, ts)
+            blocks = lambda x: x.reshape((chunk // g, g) + x.shape[1:]).sum(1)  # noqa: E731
+            return c, Blocks(blocks(err), blocks(weight), blocks(y), blocks(y * y), blocks(logs), logs[last])
 
         return jax.vmap(one)(carry)
 
@@ -599,17 +630,17 @@ def _run_group(group: Group, out: Path, progress: bool, chunks_left: list) -> bo
                 chunks_left[0] -= 1
             tic = time.perf_counter()
             carry, outputs = group.run_chunk(carry, t)
-            err, weight, logs, target = (np.asarray(jax.device_get(a))[: group.n_runs] for a in outputs)
+            sums = Blocks(*(np.asarray(jax.device_get(a))[: group.n_runs] for a in outputs))
             wall += time.perf_counter() - tic
-            acc.add(t, err, weight, logs, target)
+            acc.add(t, group.block, sums)
             n = min(spec.chunk, spec.steps - t)
             t += n
             _save_checkpoint(ckpt, group, carry, acc, t, wall)
             write_json(folder / PROGRESS, _progress(group, t, wall))
             alive = np.asarray(jax.device_get(carry.diverged_at))[: group.n_runs] < 0
-            w = weight[:, :n].sum(1)
+            w = sums.weight.sum(1, dtype=np.float64)
             with np.errstate(all="ignore"):
-                current = (err[:, :n].sum(1) / np.maximum(w, 1e-30))[alive & (w > 0)]
+                current = (sums.err.sum(1, dtype=np.float64) / np.maximum(w, 1e-30))[alive & (w > 0)]
             shown = f"{current.mean():.4g}" if current.size else "n/a"
             bar.set_postfix_str(f"{group.n_runs * t / max(wall, 1e-9):,.0f} seed-steps/s, {metric_name} {shown}")
             bar.update(n)
@@ -674,6 +705,7 @@ def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulator
         "steps": spec.steps,
         "window": spec.window,
         "hparams": spec.hparam_names,
+        "block": block_size(spec.steps, spec.bins, spec.window, spec.chunk),
         "logs": list(exp.metric["log"]),
         "wall_seconds": wall,
         "compile_seconds": group.compile_seconds,

@@ -29,6 +29,7 @@ Conventions every stream follows:
 
 from __future__ import annotations
 
+import abc
 import inspect
 from typing import Any, Callable, Optional
 
@@ -83,7 +84,7 @@ def check_discount(value: Any) -> float:
     return float(value)
 
 
-class Environment:
+class Environment(abc.ABC):
     """Base class of every stream. Subclasses set the attributes below in ``__init__`` and implement
     ``default_params``, ``reset`` and ``step``.
 
@@ -100,14 +101,17 @@ class Environment:
     gamma: Optional[float] = None
     default_objective: str
 
+    @abc.abstractmethod
     def default_params(self) -> Any:
-        raise NotImplementedError
+        """Implemented by every stream."""
 
+    @abc.abstractmethod
     def reset(self, key: jax.Array, params: Any) -> tuple[jax.Array, Any]:
-        raise NotImplementedError
+        """Implemented by every stream."""
 
+    @abc.abstractmethod
     def step(self, key: jax.Array, state: Any, params: Any) -> tuple[jax.Array, Any, dict, Any]:
-        raise NotImplementedError
+        """Implemented by every stream."""
 
     def feedback(self, state: Any, params: Any, prediction: jax.Array) -> Any:
         """Tell the stream the learner's prediction for the last step. The identity unless overridden."""

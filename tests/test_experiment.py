@@ -122,8 +122,9 @@ def test_compiles_once_across_chunks(tiny_report):
     """Each learner's chunk function was traced once and served all three chunks (the step offset is an
     array); a repeated sweep in the same process reuses the compiled functions."""
     path, out, report = tiny_report
-    if report.traces:  # empty if another test file already compiled the same functions in this process
-        assert report.traces == {"columnar": 1, "tbptt_k2": 1}
+    # 0 where another test in this process already compiled the same shape; never more than 1 for 3 chunks
+    assert set(report.traces) == {"columnar", "tbptt_k2"}
+    assert all(n <= 1 for n in report.traces.values()), report.traces
     again = experiment.run(experiment.load(path), out.parent / "again", progress=False)
     assert again.traces == {"columnar": 0, "tbptt_k2": 0}
 

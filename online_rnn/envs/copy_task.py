@@ -130,8 +130,10 @@ class CopyTask(Environment):
         position = state.position + 1
         new_sequence = position >= 2 * state.seq_length + 2
         words = prng.bits(key, -(-self.max_length // 32))  # 32 fair bits per word, one fused hash per step
-        shifts = jnp.arange(self.max_length, dtype=jnp.uint32) % 32
-        fresh_bits = ((words[jnp.arange(self.max_length) // 32] >> shifts) & 1).astype(jnp.int32)
+        # bit i is bit (i % 32) of word i // 32. Written as a broadcast and a reshape: the same thing written as
+        # a gather ``words[arange // 32]`` sends XLA's CPU compiler into a pass that runs for many minutes.
+        shifts = jnp.arange(32, dtype=jnp.uint32)
+        fresh_bits = ((words[:, None] >> shifts[None, :]) & 1).reshape(-1)[: self.max_length].astype(jnp.int32)
         seq_length = jnp.where(new_sequence, state.length, state.seq_length)
         bits = jnp.where(new_sequence, fresh_bits, state.bits)
         position = jnp.where(new_sequence, 0, position)

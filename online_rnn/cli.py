@@ -12,8 +12,8 @@ CONFIG is a YAML path or the name of a config in ./configs or in the repository'
 ``sweep.seeds=5``, ``learners.columnar.n_columns=5`` (by label) or ``learners.0.n_columns=5`` (by index).
 
 Before JAX starts, the CLI exposes every CPU core as a JAX device (``XLA_FLAGS=
---xla_force_host_platform_device_count=<cores>``, unless XLA_FLAGS is already set) so that runs are split over
-the cores, and it keeps compiled programs in a disk cache (``~/.cache/online_rnn/jax``; ``--no-cache`` or
+--xla_force_host_platform_device_count=<cores>``, unless XLA_FLAGS already sets a device count) so that runs
+are split over the cores, and it keeps compiled programs in a disk cache (``~/.cache/online_rnn/jax``; ``--no-cache`` or
 ``ONLINE_RNN_CACHE=0`` turns it off) so that resuming or re-running a config does not recompile.
 """
 
@@ -37,11 +37,13 @@ def cores() -> int:
 
 
 def use_all_cores() -> None:
-    """Expose one JAX CPU device per core, unless the user set XLA_FLAGS. Does nothing once JAX's backend has
-    started (the flag would have no effect, and would only leak into child processes)."""
-    if "XLA_FLAGS" in os.environ or _backend_started():
+    """Expose one JAX CPU device per core, unless XLA_FLAGS already sets a device count (other XLA flags are
+    kept). Does nothing once JAX's backend has started (the flag would have no effect, and would only leak into
+    child processes)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags or _backend_started():
         return
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cores()}"
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores()}".strip()
 
 
 def _backend_started() -> bool:
@@ -109,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--only", metavar="LABEL[,LABEL...]", help="run only these learners now (same results folder)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--no-cache", action="store_true", help="do not use the disk cache of compiled programs")
+    r.add_argument("--layout", default="auto", choices=["auto", "runs_last", "vmap"],
+                   help="run axis of the compiled sweep: auto = runs_last on the CPU, vmap elsewhere")
     r.add_argument("--max-chunks", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop early
     c = sub.add_parser("compare", help="markdown table of results folders")
     c.add_argument("folders", nargs="+", metavar="DIR")
@@ -158,7 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_runs = sum(len(s.grid()) for s in chosen)
     print(f"{exp.name}: {len(chosen)} learners, {n_runs} runs, on {len(jax.devices())} device(s); "
           f"results in {out}", flush=True)
-    report = experiment.run(exp, out, progress=not args.quiet, max_chunks=args.max_chunks, only=only)
+    report = experiment.run(exp, out, progress=not args.quiet, max_chunks=args.max_chunks, only=only,
+                            layout=args.layout)
     print(f"{report.seconds:.0f} s ({report.compile_seconds:.0f} s compiling)", flush=True)
     if not report.complete:
         print(f"stopped early after --max-chunks {args.max_chunks}; run the same command again to resume")

@@ -11,7 +11,7 @@ from test_envs import CONFIGS as STREAM_CONFIGS
 from test_learner_suite import CASES, IN, OUT, _ids, _make
 
 from online_rnn import envs
-from online_rnn.batching import SMALL_CONTRACTION, batch_last
+from online_rnn.batching import SMALL_CONTRACTION, TREE_SUM, batch_last
 
 N = 3  # runs
 
@@ -62,10 +62,11 @@ def test_structural_primitives(x64):
     assert_like_vmap(f, rnd(2, 12))
 
 
-@pytest.mark.parametrize("sizes", [(3, 4, 5), (40, 40, 40)], ids=["small", "large"])
+@pytest.mark.parametrize("sizes", [(3, 4, 5), (2, 70, 3), (40, 40, 40)], ids=["sum", "tree-sum", "dot"])
 def test_dot_general_every_batching(x64, sizes):
     m, k, n = sizes
-    assert (m * k * n <= SMALL_CONTRACTION) == (sizes == (3, 4, 5))  # both forms are exercised
+    form = "dot" if m * k * n > SMALL_CONTRACTION else "tree-sum" if k >= TREE_SUM else "sum"
+    assert form == {(3, 4, 5): "sum", (2, 70, 3): "tree-sum", (40, 40, 40): "dot"}[sizes]  # each form is exercised
     shared = jax.random.normal(jax.random.PRNGKey(9), (k, n))
 
     def f(a, b, v):

@@ -38,11 +38,6 @@ class TBPTTTrace(NamedTuple):
     g_readout: Any  # readout gradient summed over the window (stride mode)
 
 
-# Windows up to this length are unrolled into straight-line code: a rolled inner loop costs a dispatch per op and
-# per window step on the CPU, and unrolling let XLA fuse across steps (DESIGN.md measured 1.1-2.9x).
-UNROLL_LIMIT = 32
-
-
 def _window(cell: Cell, cell_params, start, xs, valid):
     """Run the cell over the window from ``start``; steps with ``valid`` False leave the carry unchanged."""
 
@@ -52,8 +47,10 @@ def _window(cell: Cell, cell_params, start, xs, valid):
         carry_t = tree_where(ok, carry_t, carry)
         return carry_t, (carry_t, h_t)
 
-    unroll = xs.shape[0] if xs.shape[0] <= UNROLL_LIMIT else 1
-    last, (carries, hs) = lax.scan(body, lax.stop_gradient(start), (xs, valid), unroll=unroll)
+    # A rolled loop: with the run axis last (the CPU sweeps) each window step is a few loops over (units x runs),
+    # and unrolling the window measured 1.6-2x slower there and took 12-26 s to compile at (15, 4) and (30, 2)
+    # (4-6 s rolled).
+    last, (carries, hs) = lax.scan(body, lax.stop_gradient(start), (xs, valid))
     return hs, (last, carries)
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from online_rnn import prng
 from online_rnn.cells import Cell
 from online_rnn.learners.base import Credit, Learner, build
 from online_rnn.objectives import Objective
@@ -60,7 +61,8 @@ def uoro_credit(cell: Cell, eps: float = EPS) -> Credit:
             zeros_h = jnp.zeros_like(h_t)
             g_theta, g_s = f_vjp((zeros_s, dh))
             grad = g_theta + jnp.dot(g_s, trace.s_tilde) * trace.theta_tilde
-            nu = jax.random.rademacher(key, s_t.shape, dtype=s_t.dtype)
+            # random signs from the unrolled Threefry of online_rnn.prng (jax.random's is a rolled loop on the CPU)
+            nu = jnp.where(prng.bits(key, s_t.shape[0]) & 1, 1.0, -1.0).astype(s_t.dtype)
             _, (a_s, _) = jax.jvp(lambda s_: f(theta, s_), (s,), (trace.s_tilde,))
             nu_d, _ = f_vjp((nu, zeros_h))
             rho0 = jnp.sqrt((jnp.linalg.norm(trace.theta_tilde) + eps) / (jnp.linalg.norm(a_s) + eps))

@@ -24,6 +24,7 @@ Dtypes follow JAX's default float type: with ``jax_enable_x64`` on, parameters a
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -490,6 +491,12 @@ def stack(layers: Sequence[Any]) -> Cell:
             if "name" not in layer:
                 raise ValueError(f"layers[{i}]: a cell dict needs a name, e.g. {{name: lru, hidden_size: 8}}")
             kwargs = {k: v for k, v in layer.items() if k != "name"}
+            factory = _CELLS.get(layer["name"])
+            allowed = list(inspect.signature(factory).parameters) if factory is not None else list(kwargs)
+            unknown = [k for k in kwargs if k not in allowed]
+            if unknown:
+                raise ValueError(f"layers[{i}]: unknown argument {unknown[0]!r} for {layer['name']}; allowed: "
+                                 f"{', '.join(allowed)}")
             layer = make(layer["name"], **kwargs)
         if not isinstance(layer, Cell):
             raise ValueError(f"layers[{i}] must be a Cell or a cell dict, got {type(layer).__name__}")

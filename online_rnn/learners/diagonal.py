@@ -119,31 +119,32 @@ def fast_step(cell: Cell, params: Any, carry: Any, trace: jax.Array, x: jax.Arra
     zx = input_projection(params, x)  # (n, G)
     cv = _flat_carry(carry)  # (n, S)
     extras = tuple(getattr(params, e) for e in extra)
-    cv_t, f_jvp = jax.linearize(f, zx, cv, extras)
-    zeros = (jnp.zeros_like(zx), jnp.zeros_like(cv), tuple(jnp.zeros_like(e) for e in extras))
+    primals = (zx, cv, extras)
+    cv_t, f_jvp = jax.linearize(f, *primals)
 
-    def directional(arg: int, tangent: Any) -> jax.Array:
-        """d f / d (argument ``arg``) along ``tangent``, set on every unit at once: each unit's own
-        derivative, ``(n, S)``."""
-        tangents = list(zeros)
-        tangents[arg] = tangent
-        return f_jvp(*tangents)
-
-    def basis(a: jax.Array, j: int) -> jax.Array:
-        """1 at position ``j`` of every unit's row of ``a`` (leaf ``(n, ...)``), 0 elsewhere."""
-        return jnp.zeros((n, _unit_size(a)), a.dtype).at[:, j].set(1.0).reshape(a.shape)
-
-    jx = jnp.stack([directional(0, basis(zx, g)) for g in range(zx.shape[-1])], axis=-1)  # (n, S, G)
-    a = jnp.stack([directional(1, basis(cv, k)) for k in range(n_comp)], axis=-1)  # A_ii (n, S, S)
+    # The directions: one per scalar of a unit's row of each argument (G for zx, S for the carry, the size of a
+    # unit's row for each other recurrent parameter), each set on every unit at once, so that one
+    # Jacobian-vector product gives every unit's own derivative along it, (n, S). All of them in one batch.
+    leaves, treedef = jax.tree.flatten(primals)
+    sizes = [_unit_size(leaf) for leaf in leaves]
+    total = sum(sizes)
+    eye = np.eye(total)
+    tangents, start = [], 0
+    for leaf, size in zip(leaves, sizes):
+        block = eye[:, start:start + size]  # (directions, size): direction k is 1 at one scalar of this leaf
+        tangents.append(jnp.broadcast_to(jnp.asarray(block, leaf.dtype)[:, None, :], (total, n, size))
+                        .reshape((total,) + leaf.shape))
+        start += size
+    jac = jax.vmap(f_jvp)(*jax.tree.unflatten(treedef, tangents))  # (directions, n, S)
+    jac = jnp.moveaxis(jac, 0, -1)  # (n, S, directions), in the order zx, carry, extras
+    cuts = np.cumsum(sizes)[:-1]
+    parts = jnp.split(jac, cuts, axis=-1)
+    jx, a = parts[0], parts[1]  # (n, S, G), A_ii (n, S, S)
     d = {"w_x": jx[..., None] * x}  # (n, S, G, input_size)
     if "b" in fields:
         d["b"] = jx
-    for i, (name, e) in enumerate(zip(extra, extras)):
-        cols = []
-        for j in range(_unit_size(e)):
-            t = tuple(basis(v, j) if k == i else jnp.zeros_like(v) for k, v in enumerate(extras))
-            cols.append(directional(2, t))
-        d[name] = jnp.stack(cols, axis=-1)  # (n, S, size of a unit's row)
+    for name, part in zip(extra, parts[2:]):
+        d[name] = part  # (n, S, size of a unit's row)
 
     d_flat = jnp.concatenate([d[name].reshape(n, n_comp, -1) for name in fields], axis=-1)
     trace_t = d_flat

@@ -131,14 +131,20 @@ def _complex_reference_step(name, params, h, x):
 @pytest.mark.parametrize("name", sorted(DIAGONAL))
 def test_diagonal_cells_follow_their_complex_equations(x64, name):
     cell = DIAGONAL[name]()
-    params = cell.init(jax.random.PRNGKey(0), 2)
-    carry = cell.initial_carry(params)
-    h = jnp.zeros(3, jnp.complex128)
     xs = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
-    for x in xs:
-        carry, y = cell.apply(params, carry, x)
-        h, y_ref = _complex_reference_step(name, params, h, x)
-        np.testing.assert_allclose(carry.re + 1j * carry.im, h, rtol=1e-13)
+
+    @jax.jit
+    def both(key):
+        params = cell.init(key, 2)
+        carry, h, out = cell.initial_carry(params), jnp.zeros(3, jnp.complex128), []
+        for x in xs:
+            carry, y = cell.apply(params, carry, x)
+            h, y_ref = _complex_reference_step(name, params, h, x)
+            out.append((carry.re + 1j * carry.im, h, y, y_ref))
+        return out
+
+    for state, h, y, y_ref in both(jax.random.PRNGKey(0)):
+        np.testing.assert_allclose(state, h, rtol=1e-13)
         np.testing.assert_allclose(y, y_ref, rtol=1e-13)
     assert float(jnp.min(jnp.abs(h))) > 0 and y.shape == (cell.hidden_size,)
     assert cell.hidden_size == (3 if name == "lru" else 6)
@@ -206,18 +212,21 @@ def test_rtu_activation_is_applied_after_the_linear_recurrence(x64, activation):
 
 @pytest.mark.parametrize("x64_on", [False, True])
 def test_new_cells_follow_the_default_dtype(x64_on):
+    """Shapes and dtypes only (jax.eval_shape): nothing runs."""
     import flax.linen as nn
 
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", x64_on)
     try:
         expected = jnp.dtype(jnp.float64 if x64_on else jnp.float32)
-        for cell in (cells.lru(2), cells.rtu(2), cells.stack([cells.lru(2), cells.gru(2)]),
-                     cells.flax(nn.LSTMCell(2))):
-            params = cell.init(jax.random.PRNGKey(0), 3)
-            carry = cell.initial_carry(params)
-            carry_t, h = cell.apply(params, carry, jnp.ones(3, expected))
-            assert {leaf.dtype for leaf in jax.tree.leaves((params, carry, carry_t, h))} == {expected}, cell.name
+        for cell in (cells.stack([cells.lru(2), cells.rtu(2)]), cells.flax(nn.GRUCell(2))):
+            def one_step(key, cell=cell):
+                params = cell.init(key, 3)
+                carry = cell.initial_carry(params)
+                return (params, carry) + cell.apply(params, carry, jnp.ones(3, expected))
+
+            out = jax.eval_shape(one_step, jax.random.PRNGKey(0))
+            assert {leaf.dtype for leaf in jax.tree.leaves(out)} == {expected}, cell.name
     finally:
         jax.config.update("jax_enable_x64", previous)
 

@@ -122,6 +122,8 @@ def test_learners_that_need_the_per_unit_form_refuse_other_cells_in_one_line():
          r"constructive needs a cell whose units output their own carry .* 'lru' has none \(rtrl, uoro"),
         ("hybrid", flax_cell, {"n_units": 2, "units_per_stage": 1, "steps_per_stage": 3},
          r"hybrid needs a cell whose units output their own carry .* 'flax_GRUCell'"),
+        ("rtrl", cells.flax(nn.GRUCell(2), hidden_size=3), {},
+         r"hidden_size: flax_GRUCell outputs shape \(2,\) for one input, not \(3,\); pass hidden_size=2"),
     ]
     for name, cell, extra, expected in cases:
         with pytest.raises(ValueError, match=expected) as err:

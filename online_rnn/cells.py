@@ -378,11 +378,12 @@ def lru(hidden_size: int, r_min: float = 0.0, r_max: float = 1.0, max_phase: flo
     (:class:`ComplexCarry`; every parameter is real, so float64 and every learner work unchanged). The output
     ``y_t`` has ``hidden_size`` entries.
 
-    Initialisation, as in the paper's appendix code and the authors' JAX implementations (Zucchet's
-    ``minimal-LRU`` and ``Online-learning-LR-dependencies`` repositories): ``lambda`` uniform on the ring
-    ``r_min <= |lambda| <= r_max`` with phase in ``[0, max_phase]``; ``gamma_log = log sqrt(1 - |lambda|^2)``,
-    and, as there, ``gamma_log`` is a trained parameter (initialised at the normalisation, then free); the real
-    and imaginary parts of ``B`` ~ N(0, 1 / (2 input_size)), of ``C`` ~ N(0, 1 / hidden_size). The paper's
+    Initialisation and parametrisation as in the paper and in the JAX implementations of Zucchet et al. (the
+    ``minimal-LRU`` repository, which follows the paper's, and ``Online-learning-LR-dependencies``): ``lambda``
+    uniform on the ring ``r_min <= |lambda| <= r_max`` with phase in ``[0, max_phase]``;
+    ``gamma_log = log sqrt(1 - |lambda|^2)`` at init and, as there (a parameter of the module), trained from then
+    on rather than tied to ``lambda``; the real and imaginary parts of ``B`` ~ N(0, 1 / (2 input_size)), of
+    ``C`` ~ N(0, 1 / hidden_size). The paper's
     ``D`` is a diagonal (input and output sizes agree there); here the sizes differ, so ``D`` is a full
     ``(hidden_size, input_size)`` matrix ~ N(0, 1 / input_size), which gives each output the input variance the
     paper's N(0, 1) diagonal gives it.
@@ -435,7 +436,9 @@ def rtu(hidden_size: int, activation: str = "relu", r_min: float = 0.0, r_max: f
 
     so ``h_t`` has ``2 * hidden_size`` entries (``cell.hidden_size``). Unlike the LRU's trained ``gamma``, the
     input normalisation ``sqrt(1 - r^2)`` is a function of ``nu_log`` (as in the authors' code, the
-    ``esraaelelimy/rtus`` repository), and there is no output matrix: every parameter belongs to one unit.
+    ``esraaelelimy/rtus`` repository, which adds 1e-8 to it; here ``1 - r^2`` is computed as
+    ``-expm1(-2 exp(nu_log))``, positive for every finite ``nu_log``, instead), and there is no output matrix:
+    every parameter belongs to one unit.
     ``activation`` is ``"relu"`` (the authors' default), ``"tanh"`` or ``"linear"``.
 
     Initialisation as the authors': ``r`` and ``theta`` as the LRU's ring (``r_min``, ``r_max``,

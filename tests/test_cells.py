@@ -194,6 +194,9 @@ def test_ring_initialisation(x64, name):
     assert abs(np.mean(phase) - max_phase / 2) < 5 * max_phase / np.sqrt(12 * n)
     if name == "lru":
         np.testing.assert_allclose(np.exp(params.gamma_log), np.sqrt(1 - r**2), rtol=1e-12)
+    # input weights: variance 1 / (2 input_size) for the LRU's B, 1 / input_size (LeCun) for the RTU's
+    expected_std = np.sqrt(1 / 4) if name == "lru" else np.sqrt(1 / 2)
+    assert abs(np.std(np.asarray(params.w_x)) / expected_std - 1) < 0.1
     # the default ring reaches |lambda| close to 1 without a log(0)
     p = cells.make(name, hidden_size=n).init(jax.random.PRNGKey(4), 2)
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(p))

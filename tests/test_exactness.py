@@ -232,14 +232,15 @@ def test_tbptt_full_window_equals_bptt_on_a_flax_cell(x64):
     checked against jax.grad in the RTRL test above)."""
     import flax.linen as nn
 
+    n = 6  # T-BPTT unrolls its window: a short one compiles faster
     cell = cells.flax(nn.GRUCell(features=3))
-    xs, ys = _stream(jax.random.PRNGKey(22))
+    xs, ys = _stream(jax.random.PRNGKey(22), n)
     obj, opt = objectives.squared_error(), optax.sgd(0.0)
-    bptt = learners.bptt(cell, IN, OUT, obj, opt, seq_len=T)
+    bptt = learners.bptt(cell, IN, OUT, obj, opt, seq_len=n)
     state = _setup(bptt, jax.random.PRNGKey(23))
     _, infos = jax.jit(lambda s: scan_learner(bptt, s, xs, ys))(state)
     reference = jax.tree.map(lambda g: g[-1], infos.grads)
     assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(reference))
-    tb = learners.tbptt(cell, IN, OUT, obj, opt, truncation=T)
+    tb = learners.tbptt(cell, IN, OUT, obj, opt, truncation=n)
     _, infos = jax.jit(lambda s: scan_learner(tb, s, xs, ys))(state._replace(trace=tb.init(jax.random.PRNGKey(0)).trace))
     assert max_rel_err(jax.tree.map(lambda g: jnp.sum(g, axis=0), infos.grads), reference) < RTOL

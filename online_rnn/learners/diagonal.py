@@ -17,9 +17,9 @@ Two paths keep the same influence:
 
 * the fast path (:func:`fast_credit`) uses the cell's structure ``zx = W_x x_t (+ b)``,
   ``carry_i(t) = unit_step(leaf[i], carry_i(t-1), zx_i)``: it takes the per-unit Jacobians of ``unit_step``
-  with respect to ``zx`` (G Jacobian-vector products), the carry (S of them) and each other per-unit parameter
-  (one per scalar of a unit's row), each set on every unit at once since the units are independent, and
-  writes ``D_i[W_x] = (d unit_step / d zx_i) (outer) x_t`` and the update ``J_i <- D_i + A_ii J_i`` as
+  with respect to ``zx`` (G directions), the carry (S) and each other per-unit parameter (one direction per
+  scalar of a unit's row), each direction set on every unit at once since the units are independent, all in one
+  vmapped Jacobian-vector product, and writes ``D_i[W_x] = (d unit_step / d zx_i) (outer) x_t`` and the update ``J_i <- D_i + A_ii J_i`` as
   elementwise broadcasts over units, like :mod:`online_rnn.learners.fast` does for gated cells. No Jacobian of
   the whole state is formed; memory and time are O(S P). The influence is one array ``(n, S, P_unit)``, each
   unit's recurrent parameters flattened in field order (:func:`split_trace` gives the tree).

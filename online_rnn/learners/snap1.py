@@ -49,7 +49,7 @@ def snap1_credit(cell: Cell, fast: bool = True) -> Credit:
     """SnAp-1 for ``cell``. ``fast`` uses the structured update of :mod:`online_rnn.learners.fast` when the cell
     has the gated form; ``fast=False`` is the generic path (``jax.jacrev`` / ``jax.jacfwd`` of the per-unit map),
     the test oracle of the fast one. Both keep the same trace."""
-    from online_rnn.learners import diagonal, stacked  # they build on this module
+    from online_rnn.learners import diagonal, stacked  # here, not at the top: diagonal imports SnAp1Trace from us
 
     if cell.layers:
         return stacked.layerwise_credit(cell, [snap1_credit(layer, fast) for layer in cell.layers])

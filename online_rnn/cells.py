@@ -14,8 +14,9 @@ wraps any ``flax.linen`` recurrent cell.
 
 Layout. Parameters are *unit-major*: every leaf has the unit axis first, so ``leaf[i]`` holds exactly the
 parameters that belong to unit ``i`` (its rows of the gate matrices and its biases), and the second axis of a
-matrix leaf indexes the gates (the one exception: a diagonal cell's output-only parameters, see :class:`Cell`). Every carry leaf has shape ``(hidden_size,)``. Within one step, unit ``i``'s new
-carry depends on the whole previous hidden vector but only on its own parameters ``leaf[i]``; this is the
+matrix leaf indexes the gates (the one exception: a diagonal cell's output-only parameters, see :class:`Cell`).
+Every carry leaf has shape ``(n_units,)``. Within one step, unit ``i``'s new carry depends on the whole previous
+hidden vector (a diagonal cell's: on its own carry only) but only on its own parameters ``leaf[i]``; this is the
 structure SnAp-1 and the columnar learners rely on. ``lstm(1)`` is the one-unit LSTM column of the paper's
 Appendix A (``seeds/columnar_constructive_rtrl_paper.md``).
 
@@ -57,7 +58,8 @@ class Cell(NamedTuple):
 
     Diagonal cells (lru, rtu), whose units do not read each other at all, give a second per-unit form:
     ``unit_step(unit_params, unit_carry, zx) -> unit_carry_t`` is unit ``i``'s new carry from its own parameter
-    rows, its own carry entries and its input projection ``zx = W_x[i] x_t (+ b[i])`` (shape ``(n_gates,)``);
+    rows, its own carry entries and its input projection ``zx = W_x[i] x_t`` (shape ``(n_gates,)``; a bias
+    would be a per-unit parameter that ``unit_step`` reads);
     ``output(params, carry_t, x_t) -> h_t`` is the cell's output map, which may mix units and read parameters
     of its own: those are named in ``output_fields``, are not unit-major, and reach the loss only through
     ``output`` at the same step (their gradient is immediate). Then ``apply`` is ``vmap(unit_step)`` over units
@@ -296,10 +298,8 @@ class RTUParams(NamedTuple):
 
 
 def input_projection(params: Any, x: jax.Array) -> jax.Array:
-    """A diagonal cell's ``zx = W_x x (+ b)``, shape ``(..., n_gates)``, for all units or one unit."""
-    zx = jnp.einsum("...gi,i->...g", params.w_x, x)
-    b = getattr(params, "b", None)
-    return zx if b is None else zx + b
+    """A diagonal cell's ``zx = W_x x``, shape ``(..., n_gates)``, for all units or one unit."""
+    return jnp.einsum("...gi,i->...g", params.w_x, x)
 
 
 def recurrent_part(cell: Cell, params: Any) -> Any:

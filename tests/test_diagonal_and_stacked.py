@@ -15,6 +15,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from online_rnn import cells, learners, objectives
+from online_rnn.learners.diagonal import split_trace
 from reference import linear, max_rel_err, randomise, scan_learner
 
 IN, OUT = 3, 2
@@ -52,6 +53,9 @@ def test_snap1_is_exact_rtrl_on_diagonal_cells_while_learning(x64, name):
         np.testing.assert_allclose(other_infos.prediction, infos.prediction, rtol=1e-9, atol=1e-12)
         assert max_rel_err(other_infos.grads, infos.grads) < 1e-9, label
         assert max_rel_err(other_final.params, final.params) < 1e-9, label
+    # the two SnAp-1 paths keep the same influence (the fast one flat, the generic one as a tree)
+    flat = split_trace(cell, start["cell"], runs["fast"][1].trace.influence)
+    assert max_rel_err(flat, runs["generic"][1].trace.influence) < 1e-9
     assert float(jnp.max(jnp.abs(start["readout"]["w"]))) > 0.1
     assert max_rel_err(final.params["cell"], start["cell"]) > 1e-3  # it did learn
     summed = jax.tree.map(lambda g: jnp.sum(g, axis=0), infos.grads["cell"])

@@ -15,16 +15,17 @@ immediate term (for every parameter the output reads) plus ``sum_k (d L / d carr
 
 Two paths keep the same influence:
 
-* the fast path (:func:`fast_credit`) uses the cell's structure ``zx = W_x x_t (+ b)``,
+* the fast path (:func:`fast_credit`) uses the cell's structure ``zx = W_x x_t``,
   ``carry_i(t) = unit_step(leaf[i], carry_i(t-1), zx_i)``: it takes the per-unit Jacobians of ``unit_step``
   with respect to ``zx`` (G directions), the carry (S) and each other per-unit parameter (one direction per
   scalar of a unit's row), each direction set on every unit at once since the units are independent, all in one
-  vmapped Jacobian-vector product, and writes ``D_i[W_x] = (d unit_step / d zx_i) (outer) x_t`` and the update ``J_i <- D_i + A_ii J_i`` as
-  elementwise broadcasts over units, like :mod:`online_rnn.learners.fast` does for gated cells. No Jacobian of
-  the whole state is formed; memory and time are O(S P). The influence is one array ``(n, S, P_unit)``, each
-  unit's recurrent parameters flattened in field order (:func:`split_trace` gives the tree).
+  vmapped Jacobian-vector product, and writes ``D_i[W_x] = (d unit_step / d zx_i) (outer) x_t`` and the update
+  ``J_i <- D_i + A_ii J_i`` as elementwise broadcasts over units, like :mod:`online_rnn.learners.fast` does for
+  gated cells. No Jacobian of the whole state is formed; memory and time are O(S P). The influence is one
+  array ``(n, S, P_unit)``, each unit's recurrent parameters flattened in field order (:func:`split_trace`
+  gives the tree).
 * the generic path (:func:`generic_credit`) takes ``jax.jacrev`` / ``jax.jacfwd`` of the one-unit map
-  ``leaf[i], carry_i -> unit_step(leaf[i], carry_i, W_x[i] x_t (+ b[i]))``, vmapped over units, and keeps the
+  ``leaf[i], carry_i -> unit_step(leaf[i], carry_i, W_x[i] x_t)``, vmapped over units, and keeps the
   influence as a tree like the recurrent parameters; it is the test oracle of the fast path, and
   :func:`online_rnn.learners.rtrl.rtrl_credit` (the Jacobians of the whole cell step) is the oracle of both.
 """
@@ -41,7 +42,6 @@ from online_rnn.cells import Cell, input_projection, recurrent_part
 from online_rnn.learners.base import Credit
 from online_rnn.learners.snap1 import SnAp1Trace
 
-PROJECTION = ("w_x", "b")  # the fields that enter only through zx = W_x x (+ b)
 
 
 def supports(cell: Cell) -> bool:
@@ -104,7 +104,7 @@ def fast_step(cell: Cell, params: Any, carry: Any, trace: jax.Array, x: jax.Arra
     on ``h_t``.
     """
     fields = _recurrent_fields(cell, params)
-    extra = tuple(f for f in fields if f not in PROJECTION)
+    extra = tuple(f for f in fields if f != "w_x")  # w_x enters only through zx = W_x x
     carry_def = jax.tree.structure(carry)
     n_comp = carry_def.num_leaves
     n = _n_units(params)
@@ -141,8 +141,6 @@ def fast_step(cell: Cell, params: Any, carry: Any, trace: jax.Array, x: jax.Arra
     parts = jnp.split(jac, cuts, axis=-1)
     jx, a = parts[0], parts[1]  # (n, S, G), A_ii (n, S, S)
     d = {"w_x": jx[..., None] * x}  # (n, S, G, input_size)
-    if "b" in fields:
-        d["b"] = jx
     for name, part in zip(extra, parts[2:]):
         d[name] = part  # (n, S, size of a unit's row)
 

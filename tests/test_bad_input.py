@@ -84,3 +84,48 @@ def test_bad_sizes_and_types():
         cells.make("lstn", hidden_size=2)
     with pytest.raises(ValueError, match="readout: unknown 'softmax'"):
         _rtrl(readout="softmax")
+
+
+def test_new_cells_refuse_bad_arguments_in_one_line():
+    import flax.linen as nn
+
+    cases = [
+        (lambda: cells.lru(4, r_min=0.9, r_max=0.5), r"r_min and r_max must satisfy 0 <= r_min <= r_max <= 1"),
+        (lambda: cells.rtu(4, r_max=1.5), r"r_min and r_max must satisfy"),
+        (lambda: cells.lru(4, max_phase=0.0), r"max_phase must be positive"),
+        (lambda: cells.rtu(4, activation="gelu"), r"activation: unknown 'gelu'; allowed: linear, relu, tanh"),
+        (lambda: cells.rtu(0), r"hidden_size must be a positive int"),
+        (lambda: cells.stack([]), r"layers must be a non-empty list of cells"),
+        (lambda: cells.stack(cells.lru(2)), r"layers must be a non-empty list of cells"),
+        (lambda: cells.stack([{"hidden_size": 2}]), r"layers\[0\]: a cell dict needs a name"),
+        (lambda: cells.stack([cells.lru(2), "gru"]), r"layers\[1\] must be a Cell or a cell dict, got str"),
+        (lambda: cells.stack([{"name": "lstn", "hidden_size": 2}]), r"cell: unknown name 'lstn'"),
+        (lambda: cells.flax("LSTMCell"), r"module must be a flax.linen recurrent cell .*not from YAML"),
+        (lambda: cells.flax(nn.Dense(3)), r"module must be a flax.linen recurrent cell"),
+        (lambda: cells.flax(nn.LSTMCell(3), hidden_size=0), r"hidden_size must be a positive int"),
+    ]
+    for build, expected in cases:
+        with pytest.raises(ValueError, match=expected) as err:
+            build()
+        _one_line(err)
+
+
+def test_learners_that_need_the_per_unit_form_refuse_other_cells_in_one_line():
+    import flax.linen as nn
+
+    kw = dict(input_size=3, output_size=1, objective=objectives.squared_error(), optimizer=optax.sgd(0.1))
+    flax_cell = cells.flax(nn.GRUCell(2))
+    cases = [
+        ("snap1", flax_cell, {}, r"snap1 needs a cell with per-unit structure .* 'flax_GRUCell' has none \(rtrl, uoro"),
+        ("snap1", cells.stack([cells.lru(2), flax_cell]), {}, r"snap1 needs .* 'flax_GRUCell' has none"),
+        ("constructive", cells.lru(1), {"n_units": 2, "steps_per_stage": 3},
+         r"constructive needs a cell whose units output their own carry .* 'lru' has none \(rtrl, uoro"),
+        ("hybrid", flax_cell, {"n_units": 2, "units_per_stage": 1, "steps_per_stage": 3},
+         r"hybrid needs a cell whose units output their own carry .* 'flax_GRUCell'"),
+        ("rtrl", cells.flax(nn.GRUCell(2), hidden_size=3), {},
+         r"hidden_size: flax_GRUCell outputs shape \(2,\) for one input, not \(3,\); pass hidden_size=2"),
+    ]
+    for name, cell, extra, expected in cases:
+        with pytest.raises(ValueError, match=expected) as err:
+            learners.make(name, cell=cell, **kw, **extra)
+        _one_line(err)

@@ -298,6 +298,14 @@ BAD = [
     (lambda c: c["metric"].update(best_by="max length"), r"^metric\.best_by: unknown name 'max length'; allowed: "
      r"error$"),
     (lambda c: c["env"].update(isi="x"), r"^env: "),
+    (lambda c: c["learners"][1]["cell"].update(name="flax", module="LSTMCell"), r"^learners\.1 \(tbptt_k2\)\.cell: "
+     r"module must be a flax\.linen recurrent cell .*not from YAML$"),
+    (lambda c: c["learners"][1]["cell"].update(name="lru", r_max=2), r"^learners\.1 \(tbptt_k2\)\.cell: r_min and "
+     r"r_max must satisfy"),
+    (lambda c: c["learners"][1]["cell"].update(name="rtu", activation="gelu"), r"\.cell: activation: unknown "
+     r"'gelu'; allowed: linear, relu, tanh$"),
+    (lambda c: c["learners"][1].update(cell={"name": "stack", "layers": [{"name": "lru", "hiden_size": 2}]}),
+     r"\.cell: layers\[0\]: unknown argument 'hiden_size' for lru; allowed: hidden_size, r_min"),
 ]
 
 
@@ -317,6 +325,21 @@ def test_config_errors_are_one_line_and_raised_before_compiling(warm, change, pa
     assert "\n" not in message
     assert __import__("re").search(pattern, message), message
     assert events == [], f"compiled during validation: {events}"
+
+
+def test_new_cells_come_from_yaml(warm):
+    """lru, rtu and stacks of cell dicts resolve from a config (and snap1 takes them)."""
+    config = _with(lambda c: c.update(learners=[
+        {"name": "snap1", "label": "lru", "cell": {"name": "lru", "hidden_size": 3}, "optimizer": {"name": "sgd"}},
+        {"name": "rtrl", "label": "rtu", "cell": {"name": "rtu", "hidden_size": 2, "activation": "tanh"},
+         "optimizer": {"name": "sgd"}},
+        {"name": "snap1", "label": "stack", "optimizer": {"name": "sgd"},
+         "cell": {"name": "stack", "layers": [{"name": "lru", "hidden_size": 2}, {"name": "rtu", "hidden_size": 2}]}},
+    ]))
+    exp = cfg.resolve(config)
+    env, _, learner = cfg.build(exp, exp.learner("stack"))
+    assert learner.name == "snap1" and exp.learner("rtu").cell == {"name": "rtu", "hidden_size": 2,
+                                                                   "activation": "tanh"}
 
 
 def test_unknown_config_file_and_bad_yaml(tmp_path):

@@ -32,12 +32,35 @@ SHAPE_KWARGS = {
 CASES = [(name, kw) for name in learners.names() for kw in SHAPE_KWARGS.get(name, [None])]
 
 
+def _flax(kind, features):
+    import flax.linen as nn
+
+    return cells.flax(getattr(nn, kind)(features=features))
+
+
+# The other cells, with learners that take them (every learner runs on lstm(2) above), in the jit, vmap and
+# compile-once tests. Two cases, to keep the suite short (each costs about as much as a learner above): SnAp-1
+# on a stack of the diagonal cells (the elementwise diagonal path of lru and rtu inside the layer-by-layer path),
+# and columnar's vmapped per-column RTRL on the flax wrapper (dict parameters, a tuple carry, the module's init
+# under vmap). rtrl, tbptt and bptt on flax cells and on stacks are in test_exactness / test_diagonal_and_stacked.
+CELLS = {
+    "stack": lambda: cells.stack([cells.lru(2), cells.rtu(1, activation="tanh")]),
+    "flax_lstm1": lambda: _flax("LSTMCell", 1),
+}
+CELL_CASES = [
+    ("snap1", {"cell": "stack"}),
+    ("columnar", {"n_columns": 2, "cell": "flax_lstm1"}),
+]
+
+
 def _make(name, kwargs, objective=None, optimizer=None):
     objective = objective or objectives.squared_error()
     out = 1 if objective.name == "td_lambda" else OUT
+    kwargs = dict(kwargs)
+    cell = CELLS[kwargs.pop("cell")]() if "cell" in kwargs else cells.lstm(2)
     return learners.make(
         name,
-        cell=cells.lstm(2),
+        cell=cell,
         input_size=IN,
         output_size=out,
         objective=objective,
@@ -61,20 +84,31 @@ def test_every_registered_learner_is_in_the_suite():
     assert not missing, f"add shape arguments for {missing} to SHAPE_KWARGS"
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_every_registered_cell_is_in_the_suite():
+    """Every cell of ``cells.names()`` runs in the suite: lstm with every learner (elman and gru share its code
+    path, the gated form), the others in CELL_CASES, alone or as a stack's layers."""
+    covered = {"lstm", "elman", "gru"}
+    for _, kw in CELL_CASES:
+        cell = CELLS[kw["cell"]]()
+        covered |= {cell.name.split("_")[0].split("(")[0]} | {layer.name for layer in cell.layers}
+    missing = [n for n in cells.names() if n not in covered]
+    assert not missing, f"add a case for the cells {missing} to CELL_CASES"
+
+
+@pytest.mark.parametrize("case", CASES + CELL_CASES, ids=_ids)
 def test_jit_equals_no_jit(x64, case):
     name, kw = case
     learner = _make(name, kw)
     xs, ys = _data(jax.random.PRNGKey(0))
     s_eager = s_jit = learner.init(jax.random.PRNGKey(1))
     step_jit = jax.jit(learner.step)
-    for t in range(4):  # eager steps are slow: a few suffice
+    for t in range(2 if "cell" in kw else 4):  # eager steps are slow: a few suffice
         s_eager, i_eager = learner.step(s_eager, xs[t], ys[t])
         s_jit, i_jit = step_jit(s_jit, xs[t], ys[t])
         chex.assert_trees_all_close((s_eager, i_eager), (s_jit, i_jit), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES + CELL_CASES, ids=_ids)
 def test_vmap_over_keys_equals_loop(x64, case):
     name, kw = case
     learner = _make(name, kw)
@@ -114,7 +148,7 @@ def test_state_shapes_and_dtypes_are_stable(case, x64_on):
         jax.config.update("jax_enable_x64", previous)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES + CELL_CASES, ids=_ids)
 def test_step_compiles_once_in_scanned_run(case):
     name, kw = case
     learner = _make(name, kw)

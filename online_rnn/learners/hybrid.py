@@ -208,7 +208,8 @@ def hybrid(
     if n_units % ups:
         raise ValueError(f"n_units ({n_units}) must be a multiple of units_per_stage ({ups})")
     if cell.unit_output is None:
-        raise ValueError(f"{name} needs a cell with per-unit structure (unit_output); {cell.name!r} has none")
+        raise ValueError(f"{name} needs a cell whose units output their own carry (unit_output); {cell.name!r} has "
+                         f"none (rtrl, uoro, tbptt, bptt and columnar take any cell)")
     lay = _layout(cell, input_size, n_units, ups)
     in_norm = streaming.as_normalisation(normalise_inputs, "normalise_inputs")
     use_fast = fast and cell.hidden_size == 1 and _fast.supports(cell)

@@ -13,6 +13,10 @@ where ``A_ii`` includes unit ``i``'s self-connection through ``h_{t-1}``. Both c
 ``jax.jacfwd`` of the cell's one-unit map ``cell.unit_apply``, vmapped over units: memory O(S P) and time
 O(S^2 P) per step. For a dense network it is biased; for a network of independent columns (block-diagonal
 recurrence) no entry it drops is ever non-zero, and it equals RTRL.
+
+Diagonal cells (lru, rtu) have that structure inside one cell: SnAp-1 on them is exact RTRL, computed by
+:mod:`online_rnn.learners.diagonal`. On a ``cells.stack`` it runs per layer and backpropagates across layers
+within the step (:mod:`online_rnn.learners.stacked`).
 """
 
 from __future__ import annotations
@@ -45,8 +49,15 @@ def snap1_credit(cell: Cell, fast: bool = True) -> Credit:
     """SnAp-1 for ``cell``. ``fast`` uses the structured update of :mod:`online_rnn.learners.fast` when the cell
     has the gated form; ``fast=False`` is the generic path (``jax.jacrev`` / ``jax.jacfwd`` of the per-unit map),
     the test oracle of the fast one. Both keep the same trace."""
+    from online_rnn.learners import diagonal, stacked  # here, not at the top: diagonal imports SnAp1Trace from us
+
+    if cell.layers:
+        return stacked.layerwise_credit(cell, [snap1_credit(layer, fast) for layer in cell.layers])
+    if diagonal.supports(cell):
+        return diagonal.snap1_credit(cell, fast)
     if cell.unit_apply is None or cell.unit_output is None:
-        raise ValueError(f"snap1 needs a cell with per-unit structure (unit_apply); {cell.name!r} has none")
+        raise ValueError(f"snap1 needs a cell with per-unit structure (unit_apply or unit_step); {cell.name!r} has "
+                         f"none (rtrl, uoro, tbptt, bptt and columnar take any cell)")
     if fast and _fast.supports(cell):
         return _fast_credit(cell)
     return _generic_credit(cell)

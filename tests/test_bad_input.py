@@ -83,7 +83,7 @@ def test_bad_sizes_and_types():
     with pytest.raises(ValueError, match="unknown name 'lstn'"):
         cells.make("lstn", hidden_size=2)
     with pytest.raises(ValueError, match="readout: unknown 'softmax'"):
-        _rtrl(readout="softmax")
+        _rtrl(options=learners.Options(readout="softmax"))
 
 
 def test_new_cells_refuse_bad_arguments_in_one_line():

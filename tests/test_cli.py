@@ -24,6 +24,8 @@ CONFIG = {
     "sweep": {"seeds": 2, "learning_rate": [0.01, 0.001]},
     "learners": [{"name": "columnar", "n_columns": 2, "optimizer": {"name": "sgd"}}],
 }
+# the fresh-process test: enough runs for every device (a device gets at least runner.RUN_QUANTUM of them)
+MANY_RUNS = {**CONFIG, "name": "cli_many", "sweep": {"seeds": 16, "learning_rate": [0.01, 0.001]}}
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +54,10 @@ def test_run_compare_plot(in_process, capsys):
         assert (out / name).stat().st_size > 1000 and name in printed
 
 
-def test_fresh_process_on_all_cores_gives_identical_results(config_path, in_process):
-    """The installed entry point in a new process (one JAX device per core) reproduces
-    the in-process run bit for bit: results depend on neither the process nor the number of devices."""
-    out = config_path.parent / "subprocess"
-    env = dict(os.environ)  # the tests' compiler flags (same code as in process), but no device count
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    env["ONLINE_RNN_CACHE"] = "0"
+def _run_subprocess(config_path: Path, out: Path, devices: int) -> None:
+    env = dict(os.environ, ONLINE_RNN_CACHE="0")
+    # full optimisation (the tests' cheap compile flag is left out), ``devices`` JAX devices
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     exe = Path(sys.executable).parent / "online-rnn"
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "online_rnn.cli"]
     proc = subprocess.run([*command, "run", str(config_path), "--out", str(out), "--quiet"],
@@ -66,11 +65,21 @@ def test_fresh_process_on_all_cores_gives_identical_results(config_path, in_proc
     assert proc.returncode == 0, proc.stderr
     assert "| columnar |" in proc.stdout
     progress = json.loads((out / "learners/columnar/progress.json").read_text())
-    assert progress["devices"] == min(cli.cores(), 4)  # 4 runs: at most 4 devices get work
-    for name in ("results.npz",):
-        with np.load(in_process / "learners/columnar" / name) as a, np.load(out / "learners/columnar" / name) as b:
-            for key in a.files:
-                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert progress["devices"] == devices
+
+
+def test_fresh_processes_on_one_and_two_devices_give_identical_results(tmp_path):
+    """The installed entry point in new processes, with 32 runs on one JAX device or split over two: the
+    results are the same bit for bit (a run's numbers depend on neither the process nor the device count)."""
+    config_path = tmp_path / "cli_many.yaml"
+    config_path.write_text(yaml.safe_dump(MANY_RUNS))
+    outs = {}
+    for devices in (1, 2):
+        outs[devices] = config_path.parent / f"subprocess_{devices}"
+        _run_subprocess(config_path, outs[devices], devices)
+    with np.load(outs[1] / "learners/columnar/results.npz") as a, np.load(outs[2] / "learners/columnar/results.npz") as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def _one_line_error(capsys) -> str:

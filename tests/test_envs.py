@@ -35,6 +35,7 @@ CONFIGS = {
 ANIMAL = ["trace_conditioning", "trace_patterning", "trace_patterning_ccn", "noisy_patterning"]
 N_SEEDS, N_STEPS = 8, 20_000  # statistics: about 1,200-1,500 trials per animal stream
 SE = 5.0  # tolerance in standard errors
+IDENTITY = learners.Options(readout="identity")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -646,8 +647,8 @@ def test_influence_balancing_learners_rtrl_right_way_tbptt1_wrong_way():
     opt = optax.sgd(1e-4)
     theta = {}
     for name, learner in {
-        "rtrl": learners.rtrl(cell, 1, 1, objectives.squared_error(), opt, readout="identity"),
-        "tbptt1": learners.tbptt(cell, 1, 1, objectives.squared_error(), opt, truncation=1, readout="identity"),
+        "rtrl": learners.rtrl(cell, 1, 1, objectives.squared_error(), opt, options=IDENTITY),
+        "tbptt1": learners.tbptt(cell, 1, 1, objectives.squared_error(), opt, truncation=1, options=IDENTITY),
     }.items():
         _, env_state = env.reset(jax.random.key(0), params)
 
@@ -670,7 +671,7 @@ def test_influence_balancing_gradient_directions_of_learners():
     env, params = envs.make("influence_balancing")
     cell = influence_balancing.cell()
     kwargs = dict(cell=cell, input_size=1, output_size=1, objective=objectives.squared_error(),
-                  optimizer=optax.sgd(0.0), readout="identity")  # fmt: skip
+                  optimizer=optax.sgd(0.0), options=IDENTITY)  # fmt: skip
     built = {"rtrl": learners.rtrl(**kwargs), "tbptt1": learners.tbptt(**kwargs, truncation=1)}
     if "uoro" in learners.names():
         built["uoro"] = learners.make("uoro", **kwargs)
@@ -710,7 +711,8 @@ def _learner_for(env):
         objective = objectives.td_lambda(gamma=env.gamma, lam=0.9)
     else:
         objective = objectives.make(env.default_objective)
-    return learners.rtrl(cell, env.observation_size, env.signal_size, objective, optax.sgd(1e-3), readout=readout)
+    return learners.rtrl(cell, env.observation_size, env.signal_size, objective, optax.sgd(1e-3),
+                         options=learners.Options(readout=readout))
 
 
 def test_every_stream_runs_with_a_learner_scanned_and_vmapped():

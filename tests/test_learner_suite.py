@@ -23,10 +23,11 @@ SHAPE_KWARGS = {
     "bptt": [{"seq_len": 3}],
     "snap1": [{}],
     "uoro": [{}],
-    "columnar": [{"n_columns": 3}, {"n_columns": 2, "normalise_inputs": 0.99, "normalise_features": 0.99}],
+    "columnar": [{"n_columns": 3},
+                 {"n_columns": 2, "options": learners.Options(normalise_inputs=0.99, normalise_features=0.99)}],
     "constructive": [{"n_units": 3, "steps_per_stage": 3}],
-    "hybrid": [{"n_units": 4, "units_per_stage": 2, "steps_per_stage": 3, "normalise_inputs": 0.99,
-                "normalise_features": 0.99, "readout_step_scale": True}],
+    "hybrid": [{"n_units": 4, "units_per_stage": 2, "steps_per_stage": 3,
+                "options": learners.Options(normalise_inputs=0.99, normalise_features=0.99, readout_step_scale=True)}],
 }
 
 CASES = [(name, kw) for name in learners.names() for kw in SHAPE_KWARGS.get(name, [None])]
@@ -76,7 +77,13 @@ def _data(key, steps=STEPS, out=OUT):
 
 def _ids(case):
     name, kw = case
-    return name + ("" if not kw else "-" + "-".join(f"{k}{v}" for k, v in kw.items()))
+
+    def show(k, v):
+        if isinstance(v, learners.Options):  # the options that differ from the defaults
+            return "-".join(f"{f}{x}" for f, x, d in zip(v._fields, v, learners.Options()) if x != d)
+        return f"{k}{v}"
+
+    return name + ("" if not kw else "-" + "-".join(show(k, v) for k, v in kw.items()))
 
 
 def test_every_registered_learner_is_in_the_suite():

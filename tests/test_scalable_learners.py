@@ -143,15 +143,16 @@ def test_snap1_on_dense_network_is_rtrl_with_dropped_entries_and_nothing_else(x6
 @pytest.mark.parametrize("normalise", [False, True])
 def test_columnar_equals_rtrl_on_equivalent_block_diagonal_network(x64, normalise):
     n, T, lr = 4, 15, 0.05
-    options = dict(normalise_inputs=0.9, normalise_features=0.9, readout_step_scale=True) if normalise else {}
+    options = learners.Options(normalise_inputs=0.9, normalise_features=0.9, readout_step_scale=True) \
+        if normalise else None
     col = learners.columnar(cells.lstm(1), IN, OUT, objectives.squared_error(), optax.adam(lr), n_columns=n,
-                            **options)
+                            options=options)
     c_state = col.init(jax.random.PRNGKey(7))
     c_state = c_state._replace(params=randomise(c_state.params, jax.random.PRNGKey(8)))
     dense_params = {"cell": _columnar_dense_params(c_state.params["cell"]), "readout": c_state.params["readout"]}
     mask = _offdiag_mask(dense_params)
     opt = optax.chain(_zero_outside(mask), optax.adam(lr))
-    rt = learners.rtrl(cells.lstm(n), IN, OUT, objectives.squared_error(), opt, **options)
+    rt = learners.rtrl(cells.lstm(n), IN, OUT, objectives.squared_error(), opt, options=options)
     r_state = rt.init(jax.random.PRNGKey(9))
     r_state = r_state._replace(params=dense_params, opt_state=opt.init(dense_params))
     xs, ys = _stream(jax.random.PRNGKey(10), T)
@@ -225,15 +226,22 @@ def test_frozen_stages_are_bit_identical_and_switch_at_the_configured_step(kind)
     kw = dict(units_per_stage=ups) if kind == "hybrid" else {}
     learner = learners.make(kind, cell=None, input_size=IN, output_size=OUT, objective=objectives.squared_error(),
                             optimizer=optax.adam(1e-2), n_units=n_units, steps_per_stage=sps,
-                            normalise_inputs=0.9, normalise_features=0.9, readout_step_scale=True, **kw)
+                            options=learners.Options(normalise_inputs=0.9, normalise_features=0.9,
+                                                     readout_step_scale=True), **kw)
     xs, ys = _stream(jax.random.PRNGKey(14), T)
 
     def body(s, xy):
         s, info = learner.step(s, *xy)
-        return s, (s.params["cell"], s.trace.input_stats, info.grads["cell"])
+        return s, (s.params["cell"], s.trace.input_stats, info.grads["cell"], s.opt_state)
 
-    _, (params, stats, grads) = jax.jit(lambda s: jax.lax.scan(body, s, (xs, ys)))(learner.init(jax.random.PRNGKey(15)))
-    init = learner.init(jax.random.PRNGKey(15)).params["cell"]
+    first = learner.init(jax.random.PRNGKey(15))
+    _, (params, stats, grads, opt) = jax.jit(lambda s: jax.lax.scan(body, s, (xs, ys)))(first)
+    init = first.params["cell"]
+    # Adam's moments of a unit (and of its readout weight) change only while its stage learns: a unit that
+    # starts later starts from the optimizer's initial state, as in the authors' code
+    moments = [(m["cell"], m0["cell"]) for m, m0 in ((opt[0].mu, first.opt_state[0].mu),
+                                                     (opt[0].nu, first.opt_state[0].nu))]
+    readout_nu = np.asarray(opt[0].nu["readout"]["w"])
     n_stages = n_units // ups
     for i in range(n_units):
         stage = i // ups
@@ -250,6 +258,11 @@ def test_frozen_stages_are_bit_identical_and_switch_at_the_configured_step(kind)
         assert all(np.all(g[end] == 0) for g in g_leaves)
         if start > 0:
             assert all(np.all(g[start - 1] == 0) for g in g_leaves)
+        for m, m0 in moments:
+            for leaf, leaf0 in zip(jax.tree.leaves(m), jax.tree.leaves(m0)):
+                leaf, leaf0 = np.asarray(leaf), np.asarray(leaf0)
+                assert np.all(leaf[:start, i] == leaf0[i]) and np.all(leaf[end - 1:, i] == leaf[end - 1, i])
+        assert np.all(readout_nu[:start, :, i] == 0) and not np.all(readout_nu[start:end, :, i] == 0)
         # this stage's input-normalisation statistics freeze with it
         for st in (stats.mean, stats.var):
             st = np.asarray(st[:, stage])
@@ -316,7 +329,8 @@ FAST_CASES = {
                                                     fast=fast),
     "columnar-gru": lambda fast: learners.columnar(cells.gru(1), IN, 1, SE, optax.sgd(0.1), n_columns=3, fast=fast),
     "hybrid-lstm": lambda fast: learners.hybrid(None, IN, 1, TD, optax.adam(0.02), n_units=4, units_per_stage=2,
-                                                steps_per_stage=4, normalise_inputs=0.9, normalise_features=0.9,
+                                                steps_per_stage=4, options=learners.Options(
+                                                    normalise_inputs=0.9, normalise_features=0.9),
                                                 fast=fast),
     "constructive-elman": lambda fast: learners.constructive(cells.elman(1), IN, 1, SE, optax.sgd(0.1), n_units=3,
                                                              steps_per_stage=3, fast=fast),

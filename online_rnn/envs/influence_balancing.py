@@ -16,8 +16,9 @@ It is a model as much as a stream, so it comes in two parts:
   (``kind = "supervised"``, ``default_objective = "squared_error"``);
 - the cell :func:`cell` (an :class:`online_rnn.cells.Cell`): parameters ``InfluenceBalancingParams(theta)`` with
   ``theta`` of shape ``(1,)``, carry ``s`` of shape ``(n,)`` starting at ones, output ``h_t = s_t[:1]``
-  (``hidden_size = 1``). The input is ignored. Build learners with ``readout="identity"`` so that the
-  prediction is ``s_t[0]`` and the loss is the one above. Note: the carry has ``n`` entries while the output has
+  (``hidden_size = 1``). The input is ignored. Build learners with
+  ``options=learners.Options(readout="identity")`` so that the prediction is ``s_t[0]`` and the loss is the one
+  above. Note: the carry has ``n`` entries while the output has
   one, so the "carry = hidden vector" layout of :mod:`online_rnn.cells` does not hold; learners that only
   differentiate through ``apply`` (RTRL, BPTT, T-BPTT, UORO) are unaffected.
 

@@ -536,7 +536,9 @@ def _resolve_learner(i, item, env, env_info, objective, steps, budget, chunk, bi
         fail(f"{path}.label", f"use letters, digits, '_', '-' or '.' (it names a results folder), got {label!r}")
     path = f"learners.{i} ({label})" if label != lname else f"learners.{i} ({lname})"
     params = inspect.signature(learners.factory(lname)).parameters
-    shape_keys = [p for p in params if p not in SUPPLIED and p != "name"]
+    shape_keys = [p for p in params if p not in SUPPLIED and p not in ("name", "options")]
+    if "options" in params:  # the streaming options are flat keys of the learner entry
+        shape_keys += list(learners.OPTION_FIELDS)
     check_keys(item, list(LEARNER_BASE_KEYS) + shape_keys + ["input_size", "output_size"], path)
 
     if "input_size" in item and as_int(item["input_size"], f"{path}.input_size") != env.observation_size:
@@ -658,6 +660,9 @@ def build_learner(spec: LearnerSpec, env, objective):
     from online_rnn import learners
 
     kwargs = dict(spec.kwargs)
+    options = {k: kwargs.pop(k) for k in learners.OPTION_FIELDS if k in kwargs}
+    if options:
+        kwargs["options"] = learners.Options(**options)
     if "column_credit" in kwargs:
         kwargs["column_credit"] = _column_credits()[kwargs["column_credit"]]
     out_size = env.signal_size if env.kind == "supervised" else 1

@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from online_rnn.learners.base import (
+    OPTION_FIELDS,
     Credit,
     Learner,
     LearnerState,
+    Options,
     StepInfo,
     build,
     check_kwargs,
@@ -70,6 +72,7 @@ __all__ = [
     "Credit",
     "Learner",
     "LearnerState",
+    "Options",
     "RTRLTrace",
     "StepInfo",
     "TBPTTTrace",

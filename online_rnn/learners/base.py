@@ -6,7 +6,7 @@ writes its :class:`Credit` rule and calls :func:`build`.
 
 Contract (optax-style)::
 
-    learner = learners.rtrl(cell, input_size, output_size, objective, optimizer)
+    learner = learners.rtrl(cell, input_size, output_size, objective, optimizer, options=learners.Options())
     state = learner.init(key)
     state, info = learner.step(state, x_t, signal_t)
 
@@ -24,13 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from online_rnn import prng, streaming
+from online_rnn import checks, prng, streaming
 from online_rnn.cells import Cell
 from online_rnn.objectives import Objective
 
 Params = Any
-# finish(dh, g_readout) -> (cell_grads, readout_grads, trace_t)
-Finish = Callable[[jax.Array, Params], tuple[Params, Params, Any]]
 
 
 class StepInfo(NamedTuple):
@@ -69,7 +67,9 @@ class LearnerState(NamedTuple):
 
 class Learner(NamedTuple):
     """``init(key) -> state``; ``step(state, x_t, signal_t) -> (state, StepInfo)``. ``n_params`` counts the
-    trainable parameters that can affect the prediction (for tables)."""
+    trainable parameters that can affect the prediction (for tables); ``path`` names the credit-assignment
+    code that serves this learner (a fast path or the generic one), as listed by ``online-rnn list`` and saved
+    in results summaries."""
 
     init: Callable[[jax.Array], LearnerState]
     step: Callable[[LearnerState, jax.Array, Any], tuple[LearnerState, StepInfo]]
@@ -77,43 +77,86 @@ class Learner(NamedTuple):
     input_size: int
     output_size: int
     n_params: int = 0
+    path: str = "generic"
 
 
 class Credit(NamedTuple):
     """A credit-assignment rule for one cell.
 
-    ``init(cell_params, carry, readout_params) -> trace``.
-    ``step(cell_params, carry_tm1, trace_tm1, x_t, key) -> (carry_t, h_t, finish)`` runs the cell forward;
-    ``finish(dh, g_readout) -> (cell_grads, readout_grads, trace_t)`` turns the cotangent ``dh`` on ``h_t``
-    into the cell-parameter gradient estimate, decides which readout gradient this step uses, and returns the
-    new trace.
+    * ``init(cell_params, carry, readout_params) -> trace``.
+    * ``forward(cell_params, carry_tm1, trace_tm1, x_t, key, t) -> (carry_t, h_t, residuals)`` runs the cell
+      one step and everything that does not need the error (an influence update, say); ``residuals`` is a
+      pytree of arrays (``jax.vjp`` functions are pytrees) that ``backward`` needs. ``t`` is the number of steps
+      taken before this one; ``key`` is a fresh key every step when ``uses_key`` (``prng.fold_in(state.key,
+      t)``), else ``state.key`` unchanged.
+    * ``backward(residuals, dh) -> (cell_grads, trace_t)`` turns the cotangent ``dh`` on ``h_t`` into the
+      gradient estimate for the cell's parameters and returns the new trace.
 
-    Optional, for learners whose units come and go (constructive, hybrid): ``active_features(trace) -> (H,)
-    bool`` marks the features that exist (inactive ones have ``h = 0`` and keep their normalisation statistics);
-    ``update_mask(trace) -> tree of bool like the cell params`` marks the parameters allowed to change. Both are
-    called with the trace *before* the step, and describe that step. ``uses_key``: the rule draws random numbers
-    from the ``key`` given to ``step`` (``prng.fold_in(state.key, t)``, a fresh key every step); rules that do
-    not draw get ``state.key`` unchanged and cost nothing for it.
+    Under ``jax.vmap`` (columns, runs) the split keeps one forward pass: nothing is run twice.
+
+    Optional:
+
+    * ``readout(trace_t, g_readout, t) -> (g_readout_used, trace_t)`` for rules that change which readout
+      gradient a step uses (strided T-BPTT applies the window's summed gradient at its end); the others leave it
+      ``None`` and the step uses its own readout gradient.
+    * For learners whose units come and go (constructive, hybrid): ``active_features(trace, t) -> (H,) bool``
+      marks the features that exist (inactive ones have ``h = 0``, keep their normalisation statistics and
+      their readout weights); ``update_mask(trace, t) -> tree of bool like the cell params`` marks the
+      parameters allowed to change. Both are called with the trace *before* the step and describe that step.
+      Parameters outside the masks keep their values and their optimizer state bit for bit.
+    * ``path`` names the implementation (shown by ``online-rnn list`` and in results summaries).
     """
 
     init: Callable[[Params, Any, Params], Any]
-    step: Callable[[Params, Any, Any, jax.Array, jax.Array], tuple[Any, jax.Array, Finish]]
-    active_features: Optional[Callable[[Any], jax.Array]] = None
-    update_mask: Optional[Callable[[Any], Params]] = None
+    forward: Callable[[Params, Any, Any, jax.Array, jax.Array, jax.Array], tuple[Any, jax.Array, Any]]
+    backward: Callable[[Any, jax.Array], tuple[Params, Any]]
+    readout: Optional[Callable[[Any, Params, jax.Array], tuple[Params, Any]]] = None
+    active_features: Optional[Callable[[Any, jax.Array], jax.Array]] = None
+    update_mask: Optional[Callable[[Any, jax.Array], Params]] = None
     uses_key: bool = False
+    path: str = "generic"
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int,)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+class Options(NamedTuple):
+    """Streaming options every learner factory takes (keyword ``options=``), from the paper's setup:
+
+    * ``readout``: ``"linear"`` (``y = w h + b``, initialised at zero) or ``"identity"`` (``y = h``).
+    * ``normalise_inputs`` / ``normalise_features``: ``None`` or a :class:`~online_rnn.streaming.Normalisation`
+      (or dict / decay rate). Inputs are normalised with the statistics of the previous step, then the
+      statistics take in ``x_t``; features take in ``h_t`` first (the authors' order).
+    * ``readout_step_scale``: divide the readout's updates (its step size) by the number of active features.
+    """
+
+    readout: str = "linear"
+    normalise_inputs: Any = None
+    normalise_features: Any = None
+    readout_step_scale: bool = False
+
+
+OPTION_FIELDS = Options._fields
+
+
+def as_options(options: Any) -> Options:
+    if options is None:
+        return Options()
+    if isinstance(options, Options):
+        return options
+    if isinstance(options, dict):
+        unknown = [k for k in options if k not in OPTION_FIELDS]
+        if unknown:
+            raise ValueError(f"options: unknown key {unknown[0]!r}; allowed: {', '.join(OPTION_FIELDS)}")
+        return Options(**options)
+    raise ValueError(f"options must be a learners.Options (or a dict of its fields), got {type(options).__name__}")
+
+
+check_positive_int = checks.positive_int
 
 
 def check_learner_args(cell: Any, input_size: Any, output_size: Any, objective: Any, optimizer: Any) -> None:
     if not isinstance(cell, Cell):
         raise ValueError(f"cell must be an online_rnn.cells.Cell (e.g. cells.lstm(4)), got {type(cell).__name__}")
-    check_positive_int("input_size", input_size)
-    check_positive_int("output_size", output_size)
+    checks.positive_int("input_size", input_size)
+    checks.positive_int("output_size", output_size)
     if not isinstance(objective, Objective):
         raise ValueError(
             f"objective must be an online_rnn.objectives.Objective (e.g. objectives.squared_error()), "
@@ -124,10 +167,31 @@ def check_learner_args(cell: Any, input_size: Any, output_size: Any, objective: 
         raise ValueError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
 
 
+def check_key(key: Any, where: str) -> jax.Array:
+    """A PRNG key (``jax.random.PRNGKey(0)`` or ``jax.random.key(0)``), or a one-line error."""
+    arr = key if isinstance(key, jax.Array) else None
+    if isinstance(key, np.ndarray):
+        arr = jnp.asarray(key)
+    if arr is not None and (jnp.issubdtype(arr.dtype, jax.dtypes.prng_key)
+                            or (arr.dtype == jnp.uint32 and arr.shape == (2,))):
+        return arr
+    raise ValueError(f"{where}: key must be a PRNG key such as jax.random.PRNGKey(0) or jax.random.key(0), "
+                     f"got {type(key).__name__} {key!r}"[:200])
+
+
 # --------------------------------------------------------------------------------------------------- readouts
 
 
-def linear_readout(hidden_size: int, output_size: int):
+class Readout(NamedTuple):
+    """``init(key, dtype) -> params``; ``apply(params, h) -> y``; ``mask(active) -> tree of bool like params``:
+    the entries that belong to the active features (and to none), which may change this step."""
+
+    init: Callable[[jax.Array, Any], Params]
+    apply: Callable[[Params, jax.Array], jax.Array]
+    mask: Callable[[jax.Array], Params]
+
+
+def linear_readout(hidden_size: int, output_size: int) -> Readout:
     """``y = w h + b``, initialised at zero (the paper initialises its readout at zero)."""
 
     def init(key: jax.Array, dtype: Any) -> dict:
@@ -136,29 +200,26 @@ def linear_readout(hidden_size: int, output_size: int):
     def apply(p: dict, h: jax.Array) -> jax.Array:
         return p["w"] @ h + p["b"]
 
-    return init, apply
+    def mask(active: jax.Array) -> dict:
+        return {"w": jnp.broadcast_to(active[None, :], (output_size, hidden_size)),
+                "b": jnp.ones((output_size,), bool)}
+
+    return Readout(init, apply, mask)
 
 
-def identity_readout(hidden_size: int, output_size: int):
+def identity_readout(hidden_size: int, output_size: int) -> Readout:
     """``y = h`` with no parameters (for models whose cell output is the prediction, e.g. influence balancing)."""
     if hidden_size != output_size:
         raise ValueError(
             f"readout='identity' needs output_size == the cell's hidden_size ({hidden_size}), got {output_size}"
         )
-
-    def init(key: jax.Array, dtype: Any) -> dict:
-        return {}
-
-    def apply(p: dict, h: jax.Array) -> jax.Array:
-        return h
-
-    return init, apply
+    return Readout(lambda key, dtype: {}, lambda p, h: h, lambda active: {})
 
 
 READOUTS = {"linear": linear_readout, "identity": identity_readout}
 
 
-def make_readout(readout: str, hidden_size: int, output_size: int):
+def make_readout(readout: str, hidden_size: int, output_size: int) -> Readout:
     if readout not in READOUTS:
         raise ValueError(f"readout: unknown {readout!r}; allowed: {', '.join(sorted(READOUTS))}")
     return READOUTS[readout](hidden_size, output_size)
@@ -176,13 +237,29 @@ def tree_where(cond: jax.Array, a: Any, b: Any) -> Any:
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
-def tree_zeros_like(tree: Any) -> Any:
-    return jax.tree.map(jnp.zeros_like, tree)
-
-
 def param_count(params: Params) -> int:
     """Number of scalar parameters in a parameter tree (arrays or shape structs)."""
     return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)))
+
+
+def keep_masked(new_state: Any, old_state: Any, mask: Params, params: Params) -> Any:
+    """``new_state`` (an optimizer state) with every entry of its parameter-shaped parts (RMSProp's normaliser,
+    Adam's moments, ...) outside ``mask`` set back to ``old_state``'s; other parts (step counts, injected
+    hyperparameters) are taken from ``new_state``."""
+    treedef = jax.tree.structure(params)
+    shapes = [jnp.shape(p) for p in jax.tree.leaves(params)]
+
+    def params_like(x: Any) -> bool:
+        if jax.tree.structure(x) != treedef:
+            return False
+        return [jnp.shape(v) for v in jax.tree.leaves(x)] == shapes
+
+    def pick(new: Any, old: Any) -> Any:
+        if params_like(new):
+            return jax.tree.map(lambda a, b, m: jnp.where(m, a, b), new, old, mask)
+        return new
+
+    return jax.tree.map(pick, new_state, old_state, is_leaf=params_like)
 
 
 # ------------------------------------------------------------------------------------------------------ build
@@ -196,38 +273,33 @@ def build(
     output_size: int,
     objective: Objective,
     optimizer: optax.GradientTransformation,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    options: Optional[Options] = None,
     n_params: Optional[int] = None,
 ) -> Learner:
     """Assemble a learner from a credit-assignment rule and the shared readout, objective, optimizer and the
-    streaming pieces of :mod:`online_rnn.streaming`:
-
-    * ``normalise_inputs`` / ``normalise_features``: ``None`` or a :class:`~online_rnn.streaming.Normalisation`
-      (or dict / decay rate). Inputs are normalised with the statistics of the previous step, then the
-      statistics take in ``x_t``; features take in ``h_t`` first (the authors' order).
-    * ``readout_step_scale``: divide the readout's updates (its step size) by the number of active features.
-    * Parameters outside ``credit.update_mask`` keep their values bit for bit, whatever the optimizer's state.
-    """
+    streaming pieces of :mod:`online_rnn.streaming` (see :class:`Options`). Parameters outside
+    ``credit.update_mask`` (and readout weights of inactive features) keep their values and their optimizer
+    state bit for bit."""
     check_learner_args(cell, input_size, output_size, objective, optimizer)
-    in_norm = streaming.as_normalisation(normalise_inputs, "normalise_inputs")
-    feat_norm = streaming.as_normalisation(normalise_features, "normalise_features")
-    ro_init, ro_apply = make_readout(readout, cell.hidden_size, output_size)
-    if feat_norm is not None and readout == "identity":
+    opts = as_options(options)
+    in_norm = streaming.as_normalisation(opts.normalise_inputs, "normalise_inputs")
+    feat_norm = streaming.as_normalisation(opts.normalise_features, "normalise_features")
+    ro = make_readout(opts.readout, cell.hidden_size, output_size)
+    if feat_norm is not None and opts.readout == "identity":
         raise ValueError("normalise_features needs readout='linear' (the identity readout has nothing to scale)")
+    masked = credit.update_mask is not None or credit.active_features is not None
 
-    def active(trace: Any) -> jax.Array:
+    def active(trace: Any, t: jax.Array) -> jax.Array:
         if credit.active_features is None:
             return jnp.ones((cell.hidden_size,), bool)
-        return credit.active_features(trace)
+        return credit.active_features(trace, t)
 
     def init(key: jax.Array) -> LearnerState:
+        key = check_key(key, f"{name}.init")
         k_cell, k_ro, k_state = jax.random.split(key, 3)
         cell_params = cell.init(k_cell, input_size)
         dtype = param_dtype(cell_params)
-        params = {"cell": cell_params, "readout": ro_init(k_ro, dtype)}
+        params = {"cell": cell_params, "readout": ro.init(k_ro, dtype)}
         carry = cell.initial_carry(cell_params)
         stats = StreamStats(
             inputs=() if in_norm is None else streaming.normaliser_init((input_size,), dtype),
@@ -249,36 +321,41 @@ def build(
         if x_t.shape != (input_size,):
             raise ValueError(f"{name}.step: x_t must have shape ({input_size},) (input_size), got {tuple(x_t.shape)}")
         objective.check_signal(signal_t, output_size)
-        params, stats = state.params, state.stats
+        params, stats, t = state.params, state.stats, state.t
         x_t = x_t.astype(param_dtype(params["cell"]))
         if in_norm is not None:
             x_in = streaming.normalise(stats.inputs, x_t)
             stats = stats._replace(inputs=streaming.normaliser_update(stats.inputs, x_t, in_norm))
         else:
             x_in = x_t
-        k_step = prng.fold_in(state.key, state.t) if credit.uses_key else state.key
-        carry, h_t, finish = credit.step(params["cell"], state.carry, state.trace, x_in, k_step)
+        k_step = prng.fold_in(state.key, t) if credit.uses_key else state.key
+        carry, h_t, residuals = credit.forward(params["cell"], state.carry, state.trace, x_in, k_step, t)
+        on = active(state.trace, t)  # this step's units
         if feat_norm is not None:
-            feat_stats = streaming.normaliser_update(stats.features, h_t, feat_norm, active(state.trace))  # step t's units
+            feat_stats = streaming.normaliser_update(stats.features, h_t, feat_norm, on)
             stats = stats._replace(features=feat_stats)
             features = lambda h: streaming.normalise(feat_stats, h)  # noqa: E731
         else:
             features = lambda h: h  # noqa: E731
-        y_t, readout_vjp = jax.vjp(lambda ro, h: ro_apply(ro, features(h)), params["readout"], h_t)
+        y_t, readout_vjp = jax.vjp(lambda p, h: ro.apply(p, features(h)), params["readout"], h_t)
         dy = objective.cotangent(state.objective, y_t, signal_t)
         g_readout, dh = readout_vjp(dy)
-        g_cell, g_readout, trace = finish(dh, g_readout)
+        g_cell, trace = credit.backward(residuals, dh)
+        if credit.readout is not None:
+            g_readout, trace = credit.readout(trace, g_readout, t)
         grads, loss, obj_state = objective.update(
             state.objective, y_t, signal_t, {"cell": g_cell, "readout": g_readout}
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        if readout_step_scale:
-            n_active = jnp.maximum(jnp.sum(active(state.trace)), 1).astype(y_t.dtype)
+        if opts.readout_step_scale:
+            n_active = jnp.maximum(jnp.sum(on), 1).astype(y_t.dtype)
             updates = {**updates, "readout": jax.tree.map(lambda u: u / n_active, updates["readout"])}
-        if credit.update_mask is not None:
-            mask = credit.update_mask(state.trace)
-            cell_updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates["cell"], mask)
-            updates = {**updates, "cell": cell_updates}
+        if masked:
+            cell_mask = (jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params["cell"])
+                         if credit.update_mask is None else credit.update_mask(state.trace, t))
+            mask = {"cell": cell_mask, "readout": ro.mask(on)}
+            updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, mask)
+            opt_state = keep_masked(opt_state, state.opt_state, mask, params)
         new_state = LearnerState(
             params=optax.apply_updates(params, updates),
             opt_state=opt_state,
@@ -287,7 +364,7 @@ def build(
             objective=obj_state,
             stats=stats,
             key=state.key,
-            t=state.t + 1,
+            t=t + 1,
         )
         return new_state, StepInfo(prediction=y_t, loss=loss, grads=grads)
 
@@ -295,7 +372,7 @@ def build(
         shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
         n_params = param_count(shapes.params)
     return Learner(init=init, step=step, name=name, input_size=input_size, output_size=output_size,
-                   n_params=n_params)
+                   n_params=n_params, path=credit.path)
 
 
 def check_kwargs(factory: Callable, kwargs: dict, what: str) -> None:

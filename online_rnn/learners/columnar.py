@@ -19,7 +19,7 @@ import optax
 from online_rnn import cells, prng
 from online_rnn.cells import Cell
 from online_rnn.learners import fast as _fast
-from online_rnn.learners.base import Credit, Learner, build, check_positive_int
+from online_rnn.learners.base import Credit, Learner, Options, build, check_positive_int
 from online_rnn.learners.rtrl import rtrl_credit
 from online_rnn.objectives import Objective
 
@@ -42,50 +42,46 @@ def stack_columns(cell: Cell, n_columns: int) -> Cell:
 
 
 def vmap_credit(inner: Credit, n_columns: int, hidden_per_column: int) -> Credit:
-    """Run a one-column credit rule on every column with ``jax.vmap`` (the columns share the input)."""
+    """Run a one-column credit rule on every column with ``jax.vmap`` (the columns share the input and the step
+    count; each column draws from its own key)."""
 
     def init(cell_params, carry, readout_params):
         return jax.vmap(lambda p, c: inner.init(p, c, readout_params))(cell_params, carry)
 
-    def column(p, c, tr, x, key, dh):
-        carry_t, h_t, finish = inner.step(p, c, tr, x, key)
-        g, _, tr_t = finish(dh, ())
-        return carry_t, h_t, g, tr_t
+    def forward(cell_params, carry, trace, x_t, key, t):
+        if inner.uses_key:
+            keys = jax.vmap(lambda i: prng.fold_in(key, i))(jnp.arange(n_columns))
+            fwd = jax.vmap(inner.forward, in_axes=(0, 0, 0, None, 0, None))
+            carry_t, h_t, residuals = fwd(cell_params, carry, trace, x_t, keys, t)
+        else:
+            fwd = jax.vmap(inner.forward, in_axes=(0, 0, 0, None, None, None))
+            carry_t, h_t, residuals = fwd(cell_params, carry, trace, x_t, key, t)
+        return carry_t, h_t.reshape(-1), residuals
 
-    def step(cell_params, carry, trace, x_t, key):
-        keys = jax.vmap(lambda i: prng.fold_in(key, i))(jnp.arange(n_columns))
-        # the forward pass alone: the cotangent on h_t is known only after the readout
-        carry_t, h_t = jax.vmap(lambda p, c, tr, k: inner.step(p, c, tr, x_t, k)[:2])(cell_params, carry, trace, keys)
+    def backward(residuals, dh):
+        return jax.vmap(inner.backward)(residuals, dh.reshape(n_columns, hidden_per_column))
 
-        def finish(dh, g_readout):
-            dh = dh.reshape(n_columns, hidden_per_column)
-            _, _, g, trace_t = jax.vmap(column, in_axes=(0, 0, 0, None, 0, 0))(
-                cell_params, carry, trace, x_t, keys, dh
-            )
-            return g, g_readout, trace_t
-
-        return carry_t, h_t.reshape(-1), finish
-
-    return Credit(init, step, uses_key=inner.uses_key)
+    return Credit(init, forward, backward, uses_key=inner.uses_key,
+                  path=f"{inner.path}, vmapped over columns")
 
 
 def fast_columns_credit(cell: Cell) -> Credit:
     """Exact RTRL for stacked one-unit gated columns with the fused update of :mod:`online_rnn.learners.fast`
     (each column's influence is its own block, so the unit-diagonal update is the whole of RTRL)."""
+    view, unview = _fast.column_view, _fast.column_unview
 
     def init(cell_params, carry, readout_params):
-        return _fast.init_trace(_fast.column_view(cell_params), _fast.column_view(carry))
+        return _fast.init_trace(view(cell_params), view(carry))
 
-    def step(cell_params, carry, trace, x_t, key):
-        view = _fast.column_view
-        carry_t, h_t, trace_t, grad = _fast.diag_step(cell, view(cell_params), view(carry), trace, x_t)
+    def forward(cell_params, carry, trace, x_t, key, t):
+        carry_t, h_t, trace_t = _fast.diag_step(cell, view(cell_params), view(carry), trace, x_t)
+        return unview(carry_t), h_t, (cell_params, carry_t, trace_t)
 
-        def finish(dh, g_readout):
-            return _fast.column_unview(grad(dh)), g_readout, trace_t
+    def backward(residuals, dh):
+        cell_params, carry_t, trace_t = residuals
+        return unview(_fast.diag_grad(cell, view(cell_params), carry_t, trace_t, dh)), trace_t
 
-        return _fast.column_unview(carry_t), h_t, finish
-
-    return Credit(init, step)
+    return Credit(init, forward, backward, path=_fast.PATH)
 
 
 def columnar(
@@ -95,10 +91,8 @@ def columnar(
     objective: Objective,
     optimizer: optax.GradientTransformation,
     n_columns: int,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    *,
+    options: Optional[Options] = None,
     column_credit: Optional[Callable[[Cell], Credit]] = None,
     fast: bool = True,
 ) -> Learner:
@@ -112,5 +106,4 @@ def columnar(
         credit = fast_columns_credit(cell)
     else:
         credit = vmap_credit((column_credit or rtrl_credit)(cell), n, cell.hidden_size)
-    return build("columnar", net, credit, input_size, output_size, objective, optimizer, readout,
-                 normalise_inputs, normalise_features, readout_step_scale)
+    return build("columnar", net, credit, input_size, output_size, objective, optimizer, options)

@@ -42,6 +42,7 @@ from online_rnn.cells import Cell, input_projection, recurrent_part
 from online_rnn.learners.base import Credit
 from online_rnn.learners.snap1 import SnAp1Trace
 
+PATH = "fast: elementwise influence of diagonal cells (learners/diagonal.py)"
 
 
 def supports(cell: Cell) -> bool:
@@ -100,8 +101,8 @@ def split_trace(cell: Cell, params: Any, trace: jax.Array) -> Any:
 def fast_step(cell: Cell, params: Any, carry: Any, trace: jax.Array, x: jax.Array):
     """One step of the cell and of its influence, elementwise over units.
 
-    Returns ``(carry_t, h_t, trace_t, grad)``, ``grad(dh) -> params-like gradient`` for the cotangent ``dh``
-    on ``h_t``.
+    Returns ``(carry_t, h_t, trace_t, out_vjp)``; :func:`fast_grad` turns the cotangent on ``h_t`` into the
+    gradient.
     """
     fields = _recurrent_fields(cell, params)
     extra = tuple(f for f in fields if f != "w_x")  # w_x enters only through zx = W_x x
@@ -150,22 +151,24 @@ def fast_step(cell: Cell, params: Any, carry: Any, trace: jax.Array, x: jax.Arra
         trace_t = trace_t + a[:, :, k, None] * trace[:, k:k + 1]
     carry_t = _unflat_carry(carry_def, cv_t)
     h_t, out_vjp = jax.vjp(lambda p, c: cell.output(p, c, x), params, carry_t)
+    return carry_t, h_t, trace_t, out_vjp
 
-    def grad(dh: jax.Array) -> Any:
-        g_immediate, dcarry = out_vjp(dh)
-        dcv = _flat_carry(dcarry)  # (n, S)
-        g = dcv[:, 0, None] * trace_t[:, 0]
-        for k in range(1, n_comp):
-            g = g + dcv[:, k, None] * trace_t[:, k]
-        parts, start = {}, 0
-        for name in fields:
-            leaf = getattr(params, name)
-            size = _unit_size(leaf)
-            parts[name] = g[:, start:start + size].reshape(leaf.shape)
-            start += size
-        return _add_immediate(cell, g_immediate, parts)
 
-    return carry_t, h_t, trace_t, grad
+def fast_grad(cell: Cell, params: Any, out_vjp: Any, trace_t: jax.Array, dh: jax.Array) -> Any:
+    """The gradient of a step from the cotangent ``dh`` on ``h_t``: the output map's immediate term plus
+    ``sum_k (d L / d carry_t[:, k]) J_t[:, k]``."""
+    g_immediate, dcarry = out_vjp(dh)
+    dcv = _flat_carry(dcarry)  # (n, S)
+    g = dcv[:, 0, None] * trace_t[:, 0]
+    for k in range(1, dcv.shape[1]):
+        g = g + dcv[:, k, None] * trace_t[:, k]
+    parts, start = {}, 0
+    for name in _recurrent_fields(cell, params):
+        leaf = getattr(params, name)
+        size = _unit_size(leaf)
+        parts[name] = g[:, start:start + size].reshape(leaf.shape)
+        start += size
+    return _add_immediate(cell, g_immediate, parts)
 
 
 def fast_credit(cell: Cell) -> Credit:
@@ -174,15 +177,15 @@ def fast_credit(cell: Cell) -> Credit:
     def init(cell_params, carry, readout_params) -> SnAp1Trace:
         return SnAp1Trace(init_trace(cell, cell_params, carry))
 
-    def step(cell_params, carry, trace: SnAp1Trace, x_t, key):
-        carry_t, h_t, influence, grad = fast_step(cell, cell_params, carry, trace.influence, x_t)
+    def forward(cell_params, carry, trace: SnAp1Trace, x_t, key, t):
+        carry_t, h_t, influence, out_vjp = fast_step(cell, cell_params, carry, trace.influence, x_t)
+        return carry_t, h_t, (cell_params, out_vjp, influence)
 
-        def finish(dh, g_readout):
-            return grad(dh), g_readout, SnAp1Trace(influence)
+    def backward(residuals, dh):
+        cell_params, out_vjp, influence = residuals
+        return fast_grad(cell, cell_params, out_vjp, influence, dh), SnAp1Trace(influence)
 
-        return carry_t, h_t, finish
-
-    return Credit(init, step)
+    return Credit(init, forward, backward, path=PATH)
 
 
 # --------------------------------------------------------------------------------------------- generic path
@@ -198,7 +201,7 @@ def generic_credit(cell: Cell) -> Credit:
         rec = recurrent_part(cell, cell_params)
         return SnAp1Trace(jax.tree.map(lambda p: jnp.zeros((p.shape[0], n_comp) + p.shape[1:], p.dtype), rec))
 
-    def step(cell_params, carry, trace: SnAp1Trace, x_t, key):
+    def forward(cell_params, carry, trace: SnAp1Trace, x_t, key, t):
         carry_t, h_t = cell.apply(cell_params, carry, x_t)
         carry_def = jax.tree.structure(carry)
 
@@ -212,18 +215,18 @@ def generic_credit(cell: Cell) -> Credit:
         a = jax.vmap(jax.jacfwd(unit_map, argnums=1))(rec, cv)  # (n, S, S)
         influence = jax.tree.map(lambda d_leaf, j_leaf: d_leaf + jnp.einsum("nkl,nl...->nk...", a, j_leaf),
                                  d, trace.influence)
+        _, out_vjp = jax.vjp(lambda p, c: cell.output(p, c, x_t), cell_params, carry_t)
+        return carry_t, h_t, (cell_params, out_vjp, influence)
 
-        def finish(dh, g_readout):
-            _, out_vjp = jax.vjp(lambda p, c: cell.output(p, c, x_t), cell_params, carry_t)
-            g_immediate, dcarry = out_vjp(dh)
-            dc = _flat_carry(dcarry)  # (n, S)
-            fields = _recurrent_fields(cell, cell_params)
-            g_rec = {f: jnp.einsum("nk,nk...->n...", dc, getattr(influence, f)) for f in fields}
-            return _add_immediate(cell, g_immediate, g_rec), g_readout, SnAp1Trace(influence)
+    def backward(residuals, dh):
+        cell_params, out_vjp, influence = residuals
+        g_immediate, dcarry = out_vjp(dh)
+        dc = _flat_carry(dcarry)  # (n, S)
+        fields = _recurrent_fields(cell, cell_params)
+        g_rec = {f: jnp.einsum("nk,nk...->n...", dc, getattr(influence, f)) for f in fields}
+        return _add_immediate(cell, g_immediate, g_rec), SnAp1Trace(influence)
 
-        return carry_t, h_t, finish
-
-    return Credit(init, step)
+    return Credit(init, forward, backward, path="generic: jax.jacrev / jax.jacfwd of each unit's map")
 
 
 def snap1_credit(cell: Cell, fast: bool = True) -> Credit:

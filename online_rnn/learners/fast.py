@@ -36,6 +36,7 @@ import numpy as np
 from online_rnn.cells import Cell
 
 STANDARD = ("w_x", "w_h", "b")
+PATH = "fast: fused unit-diagonal update of gated cells (learners/fast.py)"
 
 
 def supports(cell: Cell) -> bool:
@@ -71,15 +72,10 @@ def _extra_fields(params: Any) -> tuple[str, ...]:
     return tuple(f for f in params._fields if f not in STANDARD)
 
 
-def _expand(a: jax.Array, ndim: int) -> jax.Array:
-    return a.reshape(a.shape + (1,) * (ndim - a.ndim))
-
-
 def diag_step(cell: Cell, params: Any, carry: Any, trace: Any, x: jax.Array):
     """One step of the units' forward pass and of their own influence blocks.
 
-    Returns ``(carry_t, h_t, trace_t, grad)`` where ``grad(dh) -> params-like gradient`` is
-    ``sum_k (d L / d carry_t[:, k]) J_t[:, k]`` for the cotangent ``dh`` on ``h_t``.
+    Returns ``(carry_t, h_t, trace_t)``; :func:`diag_grad` turns the cotangent on ``h_t`` into the gradient.
     """
     carry_def = jax.tree.structure(carry)
     n_comp = carry_def.num_leaves
@@ -149,22 +145,23 @@ def diag_step(cell: Cell, params: Any, carry: Any, trace: Any, x: jax.Array):
     for l in range(n_comp):
         trace_t = trace_t + a[:, :, l, None] * trace[:, l : l + 1]
     carry_t = jax.tree.unflatten(carry_def, [cv_t[:, k] for k in range(n_comp)])
-    h_t = jax.vmap(out)(cv_t)
+    return carry_t, jax.vmap(out)(cv_t), trace_t
 
-    def grad(dh: jax.Array) -> Any:
-        _, out_vjp = jax.vjp(lambda c: jax.vmap(out)(c), cv_t)
-        (dcv,) = out_vjp(dh)  # (n, S)
 
-        g = dcv[:, 0, None] * trace_t[:, 0]
-        for k in range(1, n_comp):
-            g = g + dcv[:, k, None] * trace_t[:, k]
-        parts, start = {}, 0
-        for f, size in zip(params._fields, _unit_sizes(params)):
-            parts[f] = g[:, start : start + size].reshape(getattr(params, f).shape)
-            start += size
-        return params._replace(**parts)
-
-    return carry_t, h_t, trace_t, grad
+def diag_grad(cell: Cell, params: Any, carry_t: Any, trace_t: jax.Array, dh: jax.Array) -> Any:
+    """``sum_k (d L / d carry_t[:, k]) J_t[:, k]`` for the cotangent ``dh`` on ``h_t``, as a tree like
+    ``params``."""
+    _, out_vjp = jax.vjp(lambda c: jax.vmap(cell.unit_output)(c), carry_t)
+    (dcarry,) = out_vjp(dh)
+    dcv = jnp.stack(jax.tree.leaves(dcarry), axis=-1)  # (n, S)
+    g = dcv[:, 0, None] * trace_t[:, 0]
+    for k in range(1, dcv.shape[1]):
+        g = g + dcv[:, k, None] * trace_t[:, k]
+    parts, start = {}, 0
+    for f, size in zip(params._fields, _unit_sizes(params)):
+        parts[f] = g[:, start : start + size].reshape(getattr(params, f).shape)
+        start += size
+    return params._replace(**parts)
 
 
 def column_view(tree: Any) -> Any:

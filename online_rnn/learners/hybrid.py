@@ -32,14 +32,14 @@ import optax
 from online_rnn import cells, streaming
 from online_rnn.cells import Cell
 from online_rnn.learners import fast as _fast
-from online_rnn.learners.base import Credit, Learner, build, check_learner_args, check_positive_int, param_count
+from online_rnn.learners.base import (Credit, Learner, Options, as_options, build, check_learner_args,
+                                      check_positive_int, param_count)
 from online_rnn.learners.columnar import fast_columns_credit, vmap_credit
 from online_rnn.learners.rtrl import rtrl_credit
 from online_rnn.objectives import Objective
 
 
 class HybridTrace(NamedTuple):
-    t: jax.Array  # int32 steps taken (selects the stage)
     columns: Any  # the learning stage's per-column RTRL traces, stacked (units_per_stage, ...)
     input_stats: Any  # NormStats (n_stages, unit_input_size), or () without input normalisation
 
@@ -117,10 +117,10 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
         columns = inner.init(stage_params, stage_carry, readout_params)
         dtype = jax.tree.leaves(cell_params)[0].dtype
         stats = () if in_norm is None else streaming.normaliser_init((n_stages, lay.unit_input_size), dtype)
-        return HybridTrace(jnp.zeros((), jnp.int32), columns, stats)
+        return HybridTrace(columns, stats)
 
-    def step(cell_params, carry, trace: HybridTrace, x_t, key):
-        learning, stage, learns = stages(trace.t)
+    def forward(cell_params, carry, trace: HybridTrace, x_t, key, t):
+        learning, stage, learns = stages(t)
         started = unit_stage <= learning  # (n_units,)
         raw = _stage_inputs(lay, x_t, _outputs(cell, carry))
         if in_norm is None:
@@ -138,34 +138,34 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
         h_t = (h_units * started[:, None]).reshape(-1)
 
         # exact RTRL for the learning stage's columns; their traces restart at zero when the stage begins
-        stage_start = trace.t % steps_per_stage == 0
+        stage_start = t % steps_per_stage == 0
         columns = jax.tree.map(lambda a: jnp.where(stage_start, jnp.zeros_like(a), a), trace.columns)
         p_s = _slice_stage(cell_params, stage, ups)
         c_s = _slice_stage(carry, stage, ups)
-        _, _, stage_finish = inner.step(p_s, c_s, columns, u[stage], key)
+        _, _, stage_residuals = inner.forward(p_s, c_s, columns, u[stage], key, t)
+        return carry_t, h_t, (cell_params, stage, learns, stats, stage_residuals)
 
-        def finish(dh, g_readout):
-            dh_s = jax.lax.dynamic_slice_in_dim(dh, stage * ups * lay.k, ups * lay.k, axis=0)
-            g_s, _, columns_t = stage_finish(dh_s, ())
-            g_s = jax.tree.map(lambda g: jnp.where(learns, g, jnp.zeros_like(g)), g_s)
-            zeros = jax.tree.map(jnp.zeros_like, cell_params)
-            g_cell = _put_stage(zeros, g_s, stage, ups)
-            return g_cell, g_readout, HybridTrace(trace.t + 1, columns_t, stats)
+    def backward(residuals, dh):
+        cell_params, stage, learns, stats, stage_residuals = residuals
+        dh_s = jax.lax.dynamic_slice_in_dim(dh, stage * ups * lay.k, ups * lay.k, axis=0)
+        g_s, columns_t = inner.backward(stage_residuals, dh_s)
+        g_s = jax.tree.map(lambda g: jnp.where(learns, g, jnp.zeros_like(g)), g_s)
+        zeros = jax.tree.map(jnp.zeros_like, cell_params)
+        return _put_stage(zeros, g_s, stage, ups), HybridTrace(columns_t, stats)
 
-        return carry_t, h_t, finish
-
-    def active_features(trace: HybridTrace) -> jax.Array:
-        learning, _, _ = stages(trace.t)
+    def active_features(trace: HybridTrace, t: jax.Array) -> jax.Array:
+        learning, _, _ = stages(t)
         return jnp.repeat(unit_stage <= learning, lay.k)
 
-    def update_mask(trace: HybridTrace) -> Any:
-        learning, _, _ = stages(trace.t)
+    def update_mask(trace: HybridTrace, t: jax.Array) -> Any:
+        learning, _, _ = stages(t)
         learning_units = unit_stage == learning
         shapes = jax.eval_shape(lambda: _staged_network(cell, lay).init(jax.random.PRNGKey(0), lay.input_size))
         return jax.tree.map(lambda s: jnp.broadcast_to(learning_units.reshape((-1,) + (1,) * (len(s.shape) - 1)),
                                                        s.shape), shapes)
 
-    return Credit(init, step, active_features, update_mask, inner.uses_key)
+    return Credit(init, forward, backward, active_features=active_features, update_mask=update_mask,
+                  uses_key=inner.uses_key, path=inner.path)
 
 
 def _effective_params(cell: Cell, lay: _Layout, output_size: int, readout: str) -> int:
@@ -190,10 +190,8 @@ def hybrid(
     n_units: int,
     units_per_stage: int,
     steps_per_stage: int,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    *,
+    options: Optional[Options] = None,
     name: str = "hybrid",
     fast: bool = True,
 ) -> Learner:
@@ -211,11 +209,13 @@ def hybrid(
         raise ValueError(f"{name} needs a cell whose units output their own carry (unit_output); {cell.name!r} has "
                          f"none (rtrl, uoro, tbptt, bptt and columnar take any cell)")
     lay = _layout(cell, input_size, n_units, ups)
-    in_norm = streaming.as_normalisation(normalise_inputs, "normalise_inputs")
+    opts = as_options(options)
+    in_norm = streaming.as_normalisation(opts.normalise_inputs, "normalise_inputs")
     use_fast = fast and cell.hidden_size == 1 and _fast.supports(cell)
     credit = _hybrid_credit(cell, lay, steps_per_stage, in_norm, use_fast)
-    return build(name, _staged_network(cell, lay), credit, input_size, output_size, objective, optimizer, readout,
-                 None, normalise_features, readout_step_scale, _effective_params(cell, lay, output_size, readout))
+    # input normalisation is the credit rule's (per stage), not build's
+    return build(name, _staged_network(cell, lay), credit, input_size, output_size, objective, optimizer,
+                 opts._replace(normalise_inputs=None), _effective_params(cell, lay, output_size, opts.readout))
 
 
 def constructive(
@@ -226,12 +226,10 @@ def constructive(
     optimizer: optax.GradientTransformation,
     n_units: int,
     steps_per_stage: int,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    *,
+    options: Optional[Options] = None,
     fast: bool = True,
 ) -> Learner:
     """Constructive network: one unit per stage, each reading the input and every earlier unit."""
-    return hybrid(cell, input_size, output_size, objective, optimizer, n_units, 1, steps_per_stage, readout,
-                  normalise_inputs, normalise_features, readout_step_scale, name="constructive", fast=fast)
+    return hybrid(cell, input_size, output_size, objective, optimizer, n_units, 1, steps_per_stage,
+                  options=options, name="constructive", fast=fast)

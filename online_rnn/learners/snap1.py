@@ -21,7 +21,7 @@ within the step (:mod:`online_rnn.learners.stacked`).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ import optax
 
 from online_rnn.cells import Cell
 from online_rnn.learners import fast as _fast
-from online_rnn.learners.base import Credit, Learner, build
+from online_rnn.learners.base import Credit, Learner, Options, build
 from online_rnn.objectives import Objective
 
 
@@ -67,15 +67,15 @@ def _fast_credit(cell: Cell) -> Credit:
     def init(cell_params, carry, readout_params) -> SnAp1Trace:
         return SnAp1Trace(_fast.init_trace(cell_params, carry))
 
-    def step(cell_params, carry, trace: SnAp1Trace, x_t, key):
-        carry_t, h_t, influence, grad = _fast.diag_step(cell, cell_params, carry, trace.influence, x_t)
+    def forward(cell_params, carry, trace: SnAp1Trace, x_t, key, t):
+        carry_t, h_t, influence = _fast.diag_step(cell, cell_params, carry, trace.influence, x_t)
+        return carry_t, h_t, (cell_params, carry_t, influence)
 
-        def finish(dh, g_readout):
-            return grad(dh), g_readout, SnAp1Trace(influence)
+    def backward(residuals, dh):
+        cell_params, carry_t, influence = residuals
+        return _fast.diag_grad(cell, cell_params, carry_t, influence, dh), SnAp1Trace(influence)
 
-        return carry_t, h_t, finish
-
-    return Credit(init, step)
+    return Credit(init, forward, backward, path=_fast.PATH)
 
 
 def _generic_credit(cell: Cell) -> Credit:
@@ -85,7 +85,7 @@ def _generic_credit(cell: Cell) -> Credit:
             jax.tree.map(lambda p: jnp.zeros((p.shape[0], n_comp) + p.shape[1:], p.dtype), cell_params)
         )
 
-    def step(cell_params, carry, trace: SnAp1Trace, x_t, key):
+    def forward(cell_params, carry, trace: SnAp1Trace, x_t, key, t):
         carry_t, h_t = cell.apply(cell_params, carry, x_t)
         h_prev = jax.vmap(cell.unit_output)(carry)
         carry_def = jax.tree.structure(carry)
@@ -108,17 +108,17 @@ def _generic_credit(cell: Cell) -> Credit:
         influence = jax.tree.map(
             lambda d_leaf, j_leaf: d_leaf + jnp.einsum("nkl,nl...->nk...", a, j_leaf), d, trace.influence
         )
+        return carry_t, h_t, (carry_t, influence)
 
-        def finish(dh, g_readout):
-            _, out_vjp = jax.vjp(lambda c: jax.vmap(cell.unit_output)(c), carry_t)
-            (dcarry,) = out_vjp(dh)
-            dc = jnp.stack(jax.tree.leaves(dcarry), axis=1)  # (n, S)
-            grad = jax.tree.map(lambda j: jnp.einsum("nk,nk...->n...", dc, j), influence)
-            return grad, g_readout, SnAp1Trace(influence)
+    def backward(residuals, dh):
+        carry_t, influence = residuals
+        _, out_vjp = jax.vjp(lambda c: jax.vmap(cell.unit_output)(c), carry_t)
+        (dcarry,) = out_vjp(dh)
+        dc = jnp.stack(jax.tree.leaves(dcarry), axis=1)  # (n, S)
+        grad = jax.tree.map(lambda j: jnp.einsum("nk,nk...->n...", dc, j), influence)
+        return grad, SnAp1Trace(influence)
 
-        return carry_t, h_t, finish
-
-    return Credit(init, step)
+    return Credit(init, forward, backward, path="generic: jax.jacrev / jax.jacfwd of each unit's map")
 
 
 def snap1(
@@ -127,11 +127,8 @@ def snap1(
     output_size: int,
     objective: Objective,
     optimizer: optax.GradientTransformation,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    *,
+    options: Optional[Options] = None,
 ) -> Learner:
     """SnAp-1 learner (see the module docstring); the kept influence is ``state.trace.influence``."""
-    return build("snap1", cell, snap1_credit(cell), input_size, output_size, objective, optimizer, readout,
-                 normalise_inputs, normalise_features, readout_step_scale)
+    return build("snap1", cell, snap1_credit(cell), input_size, output_size, objective, optimizer, options)

@@ -48,27 +48,28 @@ def layerwise_credit(cell: Cell, credits: Sequence[Credit]) -> Credit:
     def init(cell_params, carry, readout_params) -> StackTrace:
         return StackTrace(tuple(c.init(p, s, readout_params) for c, p, s in zip(credits, cell_params, carry)))
 
-    def step(cell_params, carry, trace: StackTrace, x_t, key):
-        finishes, input_vjps, carries = [], [], []
+    def forward(cell_params, carry, trace: StackTrace, x_t, key, t):
+        residuals, input_vjps, carries = [], [], []
         h = x_t
         for l, (layer, credit) in enumerate(zip(layers, credits)):
             k = prng.fold_in(key, l) if credit.uses_key else key
             p, s = cell_params[l], carry[l]
-            carry_l, h_l, finish_l = credit.step(p, s, trace.layers[l], h, k)
+            carry_l, h_l, res_l = credit.forward(p, s, trace.layers[l], h, k, t)
             if l > 0:  # the error on this layer's output, sent to its input (the layer below's output)
                 input_vjps.append(jax.vjp(lambda x, p=p, s=s, layer=layer: layer.apply(p, s, x)[1], h)[1])
-            finishes.append(finish_l)
+            residuals.append(res_l)
             carries.append(carry_l)
             h = h_l
+        return tuple(carries), h, (tuple(residuals), tuple(input_vjps))
 
-        def finish(dh, g_readout):
-            grads, traces = [None] * len(layers), [None] * len(layers)
-            for l in reversed(range(len(layers))):
-                grads[l], _, traces[l] = finishes[l](dh, ())
-                if l > 0:
-                    (dh,) = input_vjps[l - 1](dh)
-            return tuple(grads), g_readout, StackTrace(tuple(traces))
+    def backward(residuals, dh):
+        layer_residuals, input_vjps = residuals
+        grads, traces = [None] * len(layers), [None] * len(layers)
+        for l in reversed(range(len(layers))):
+            grads[l], traces[l] = credits[l].backward(layer_residuals[l], dh)
+            if l > 0:
+                (dh,) = input_vjps[l - 1](dh)
+        return tuple(grads), StackTrace(tuple(traces))
 
-        return tuple(carries), h, finish
-
-    return Credit(init, step, uses_key=uses_key)
+    return Credit(init, forward, backward, uses_key=uses_key,
+                  path="layer by layer: " + "; ".join(c.path for c in credits))

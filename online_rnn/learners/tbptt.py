@@ -18,7 +18,7 @@ Objectives that need a gradient every step (TD(lambda)'s eligibility trace) work
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +26,16 @@ import optax
 from jax import lax
 
 from online_rnn.cells import Cell
-from online_rnn.learners.base import Credit, Learner, build, check_learner_args, check_positive_int, tree_where
+from online_rnn.learners.base import (Credit, Learner, Options, build, check_learner_args, check_positive_int,
+                                      tree_where)
 from online_rnn.objectives import Objective
 
 
 class TBPTTTrace(NamedTuple):
     start: Any  # carry at the start of the window (gradient stopped there)
-    xs: jax.Array  # (k, input_size) inputs of the window, oldest first
-    count: jax.Array  # int32: sliding: valid inputs in the window; stride: inputs since the last update
-    dhs: jax.Array  # (k, hidden) cotangents on the window's outputs (stride mode; unused when sliding)
-    g_readout: Any  # readout gradient summed over the window (stride mode)
+    xs: jax.Array  # (k, input_size) inputs of the window: sliding, oldest first; strided, by position t mod k
+    dhs: jax.Array  # (k, hidden) cotangents on the window's outputs (strided; empty when sliding)
+    g_readout: Any  # readout gradient summed over the window (strided; () when sliding)
 
 
 def _window(cell: Cell, cell_params, start, xs, valid):
@@ -57,17 +57,12 @@ def _window(cell: Cell, cell_params, start, xs, valid):
 def _sliding_credit(cell: Cell, k: int, input_size: int) -> Credit:
     def init(cell_params, carry, readout_params) -> TBPTTTrace:
         dtype = jax.tree.leaves(cell_params)[0].dtype
-        return TBPTTTrace(
-            start=carry,
-            xs=jnp.zeros((k, input_size), dtype),
-            count=jnp.zeros((), jnp.int32),
-            dhs=jnp.zeros((0,), dtype),
-            g_readout=(),
-        )
+        return TBPTTTrace(start=carry, xs=jnp.zeros((k, input_size), dtype), dhs=jnp.zeros((0,), dtype),
+                          g_readout=())
 
-    def step(cell_params, carry, trace: TBPTTTrace, x_t, key):
+    def forward(cell_params, carry, trace: TBPTTTrace, x_t, key, t):
         xs = jnp.concatenate([trace.xs[1:], x_t[None]], axis=0)
-        count = jnp.minimum(trace.count + 1, k)
+        count = jnp.minimum(t + 1, k)  # inputs in the window
         valid = jnp.arange(k) >= k - count
 
         def last_output(p):
@@ -78,57 +73,58 @@ def _sliding_credit(cell: Cell, k: int, input_size: int) -> Credit:
         # Once the window is full, the next window starts one step later: after its first input.
         first = jax.tree.map(lambda c: c[0], carries)
         start = tree_where(count == k, first, trace.start)
+        return carry_t, h_t, (window_vjp, TBPTTTrace(start, xs, trace.dhs, trace.g_readout))
 
-        def finish(dh, g_readout):
-            (g_cell,) = window_vjp(dh)
-            return g_cell, g_readout, TBPTTTrace(start, xs, count, trace.dhs, trace.g_readout)
+    def backward(residuals, dh):
+        window_vjp, trace_t = residuals
+        (g_cell,) = window_vjp(dh)
+        return g_cell, trace_t
 
-        return carry_t, h_t, finish
-
-    return Credit(init, step)
+    return Credit(init, forward, backward, path="generic: jax.vjp through the window, every step")
 
 
 def _strided_credit(cell: Cell, k: int, input_size: int) -> Credit:
+    """One update per window of ``k`` steps, at its last step (``t mod k == k - 1``)."""
+
     def init(cell_params, carry, readout_params) -> TBPTTTrace:
         dtype = jax.tree.leaves(cell_params)[0].dtype
         return TBPTTTrace(
             start=carry,
             xs=jnp.zeros((k, input_size), dtype),
-            count=jnp.zeros((), jnp.int32),
             dhs=jnp.zeros((k, cell.hidden_size), dtype),
             g_readout=jax.tree.map(jnp.zeros_like, readout_params),
         )
 
-    def step(cell_params, carry, trace: TBPTTTrace, x_t, key):
+    def forward(cell_params, carry, trace: TBPTTTrace, x_t, key, t):
         carry_t, h_t = cell.apply(cell_params, carry, x_t)
-        pos = trace.count
+        return carry_t, h_t, (cell_params, carry_t, trace, x_t, t % k)
 
-        def finish(dh, g_readout):
-            xs = trace.xs.at[pos].set(x_t)
-            dhs = trace.dhs.at[pos].set(dh)
-            g_sum = jax.tree.map(jnp.add, trace.g_readout, g_readout)
-            is_end = pos == k - 1
+    def backward(residuals, dh):
+        cell_params, carry_t, trace, x_t, pos = residuals
+        xs = trace.xs.at[pos].set(x_t)
+        dhs = trace.dhs.at[pos].set(dh)
+        is_end = pos == k - 1
 
-            def window_grads(_):
-                valid = jnp.ones((k,), bool)
-                _, window_vjp = jax.vjp(lambda p: _window(cell, p, trace.start, xs, valid)[0], cell_params)
-                return window_vjp(dhs)[0]
+        def window_grads(_):
+            valid = jnp.ones((k,), bool)
+            _, window_vjp = jax.vjp(lambda p: _window(cell, p, trace.start, xs, valid)[0], cell_params)
+            return window_vjp(dhs)[0]
 
-            zeros = jax.tree.map(jnp.zeros_like, cell_params)
-            g_cell = lax.cond(is_end, window_grads, lambda _: zeros, None)
-            g_used = jax.tree.map(lambda g: jnp.where(is_end, g, jnp.zeros_like(g)), g_sum)
-            new_trace = TBPTTTrace(
-                start=tree_where(is_end, carry_t, trace.start),
-                xs=xs,
-                count=jnp.where(is_end, 0, pos + 1).astype(jnp.int32),
-                dhs=dhs,
-                g_readout=jax.tree.map(lambda g: jnp.where(is_end, jnp.zeros_like(g), g), g_sum),
-            )
-            return g_cell, g_used, new_trace
+        zeros = jax.tree.map(jnp.zeros_like, cell_params)
+        g_cell = lax.cond(is_end, window_grads, lambda _: zeros, None)
+        start = tree_where(is_end, carry_t, trace.start)
+        return g_cell, TBPTTTrace(start, xs, dhs, trace.g_readout)
 
-        return carry_t, h_t, finish
+    def readout(trace_t, g_readout, t):
+        """The readout learns once per window too, from its gradient summed over the window."""
+        g_sum = jax.tree.map(jnp.add, trace_t.g_readout, g_readout)
+        is_end = t % k == k - 1
+        g_used = jax.tree.map(lambda g: jnp.where(is_end, g, jnp.zeros_like(g)), g_sum)
+        kept = jax.tree.map(lambda g: jnp.where(is_end, jnp.zeros_like(g), g), g_sum)
+        return g_used, trace_t._replace(g_readout=kept)
 
-    return Credit(init, step)
+    return Credit(init, forward, backward, readout=readout,
+                  path="generic: jax.vjp through the window, once per window")
 
 
 def tbptt(
@@ -139,10 +135,8 @@ def tbptt(
     optimizer: optax.GradientTransformation,
     truncation: int,
     stride: int = 1,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    *,
+    options: Optional[Options] = None,
 ) -> Learner:
     """Truncated BPTT over the last ``truncation`` steps; ``stride`` is 1 (sliding window, update every step)
     or ``truncation`` (one update per window)."""
@@ -159,8 +153,7 @@ def tbptt(
                 f"objective {objective.name} needs a gradient every step; use stride=1 with it, got stride={stride}"
             )
         credit = _strided_credit(cell, k, input_size)
-    return build("tbptt", cell, credit, input_size, output_size, objective, optimizer, readout,
-                 normalise_inputs, normalise_features, readout_step_scale)
+    return build("tbptt", cell, credit, input_size, output_size, objective, optimizer, options)
 
 
 def bptt(
@@ -170,10 +163,8 @@ def bptt(
     objective: Objective,
     optimizer: optax.GradientTransformation,
     seq_len: int,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    *,
+    options: Optional[Options] = None,
 ) -> Learner:
     """BPTT: one update per sequence of ``seq_len`` steps with the exact gradient of its summed loss."""
     check_learner_args(cell, input_size, output_size, objective, optimizer)
@@ -181,6 +172,5 @@ def bptt(
     if objective.per_step_gradient:
         raise ValueError(f"objective {objective.name} needs a gradient every step; bptt cannot serve it (use tbptt)")
     credit = _strided_credit(cell, t, input_size)
-    return build("bptt", cell, credit, input_size, output_size, objective, optimizer, readout,
-                 normalise_inputs, normalise_features, readout_step_scale)
+    return build("bptt", cell, credit, input_size, output_size, objective, optimizer, options)
 

@@ -20,7 +20,7 @@ Cost O(P) per step.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from online_rnn import prng
 from online_rnn.cells import Cell
-from online_rnn.learners.base import Credit, Learner, build
+from online_rnn.learners.base import Credit, Learner, Options, build
 from online_rnn.objectives import Objective
 
 EPS = 1e-7
@@ -46,7 +46,7 @@ def uoro_credit(cell: Cell, eps: float = EPS) -> Credit:
         theta, _ = ravel_pytree(cell_params)
         return UOROTrace(jnp.zeros_like(s), jnp.zeros_like(theta))
 
-    def step(cell_params, carry, trace: UOROTrace, x_t, key):
+    def forward(cell_params, carry, trace: UOROTrace, x_t, key, t):
         theta, unravel_theta = ravel_pytree(cell_params)
         s, unravel_s = ravel_pytree(carry)
 
@@ -55,24 +55,24 @@ def uoro_credit(cell: Cell, eps: float = EPS) -> Credit:
             return ravel_pytree(carry_t)[0], h_t
 
         (s_t, h_t), f_vjp = jax.vjp(f, theta, s)
+        # everything that does not need the error: the rank-one update of the influence estimate
+        # random signs from the unrolled Threefry of online_rnn.prng (jax.random's is a rolled loop on the CPU)
+        nu = jnp.where(prng.bits(key, s_t.shape[0]) & 1, 1.0, -1.0).astype(s_t.dtype)
+        _, (a_s, _) = jax.jvp(lambda s_: f(theta, s_), (s,), (trace.s_tilde,))
+        nu_d, _ = f_vjp((nu, jnp.zeros_like(h_t)))
+        rho0 = jnp.sqrt((jnp.linalg.norm(trace.theta_tilde) + eps) / (jnp.linalg.norm(a_s) + eps))
+        rho1 = jnp.sqrt((jnp.linalg.norm(nu_d) + eps) / (jnp.linalg.norm(nu) + eps))
+        new = UOROTrace(rho0 * a_s + rho1 * nu, trace.theta_tilde / rho0 + nu_d / rho1)
+        return unravel_s(s_t), h_t, (cell_params, f_vjp, trace, new)
 
-        def finish(dh, g_readout):
-            zeros_s = jnp.zeros_like(s_t)
-            zeros_h = jnp.zeros_like(h_t)
-            g_theta, g_s = f_vjp((zeros_s, dh))
-            grad = g_theta + jnp.dot(g_s, trace.s_tilde) * trace.theta_tilde
-            # random signs from the unrolled Threefry of online_rnn.prng (jax.random's is a rolled loop on the CPU)
-            nu = jnp.where(prng.bits(key, s_t.shape[0]) & 1, 1.0, -1.0).astype(s_t.dtype)
-            _, (a_s, _) = jax.jvp(lambda s_: f(theta, s_), (s,), (trace.s_tilde,))
-            nu_d, _ = f_vjp((nu, zeros_h))
-            rho0 = jnp.sqrt((jnp.linalg.norm(trace.theta_tilde) + eps) / (jnp.linalg.norm(a_s) + eps))
-            rho1 = jnp.sqrt((jnp.linalg.norm(nu_d) + eps) / (jnp.linalg.norm(nu) + eps))
-            new = UOROTrace(rho0 * a_s + rho1 * nu, trace.theta_tilde / rho0 + nu_d / rho1)
-            return unravel_theta(grad), g_readout, new
+    def backward(residuals, dh):
+        cell_params, f_vjp, trace, new = residuals
+        g_theta, g_s = f_vjp((jnp.zeros_like(trace.s_tilde), dh))
+        grad = g_theta + jnp.dot(g_s, trace.s_tilde) * trace.theta_tilde
+        _, unravel_theta = ravel_pytree(cell_params)
+        return unravel_theta(grad), new
 
-        return unravel_s(s_t), h_t, finish
-
-    return Credit(init, step, uses_key=True)
+    return Credit(init, forward, backward, uses_key=True, path="generic: jax.jvp / jax.vjp of the cell step")
 
 
 def uoro(
@@ -81,11 +81,8 @@ def uoro(
     output_size: int,
     objective: Objective,
     optimizer: optax.GradientTransformation,
-    readout: str = "linear",
-    normalise_inputs: Any = None,
-    normalise_features: Any = None,
-    readout_step_scale: bool = False,
+    *,
+    options: Optional[Options] = None,
 ) -> Learner:
     """UORO learner; the random signs come from ``state.key``, so vmapping over keys gives independent runs."""
-    return build("uoro", cell, uoro_credit(cell), input_size, output_size, objective, optimizer, readout,
-                 normalise_inputs, normalise_features, readout_step_scale)
+    return build("uoro", cell, uoro_credit(cell), input_size, output_size, objective, optimizer, options)

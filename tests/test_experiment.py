@@ -148,6 +148,28 @@ def test_divergent_step_size_is_flagged_and_leaves_the_others_alone(tiny_run, tm
     assert "| columnar |" in table and "| 0/2 |" in table  # none diverged at the best setting, 2 in the sweep
 
 
+def test_runs_last_layout_resumes_bit_identically_flags_divergence_and_agrees_with_vmap(tiny_run, tmp_path):
+    """The runs-last layout (forced here: TINY's 4 runs would get the seed-major one): stopped after a chunk and
+    resumed == uninterrupted; a diverging step size is flagged and leaves its neighbours bit-identical to a
+    sweep without it; and the numbers agree with the seed-major layout's to float32 round-off."""
+    _, out = tiny_run
+    config = {**TINY, "learners": TINY["learners"][:1], "sweep": {"seeds": 2, "learning_rate": [0.01, 1e6]}}
+    exp = experiment.resolve(config)
+    full, partial, alone = tmp_path / "full", tmp_path / "partial", tmp_path / "alone"
+    experiment.run(exp, full, progress=False, flops=False, layout="runs_last")
+    assert not experiment.run(exp, partial, progress=False, flops=False, layout="runs_last", max_chunks=1).complete
+    experiment.run(exp, partial, progress=False, flops=False, layout="runs_last")
+    assert_same_results(full, partial, ["columnar"])
+    rf = results_of(full, "columnar")
+    assert np.all(rf["diverged_at"][:2] == -1) and np.all(rf["diverged_at"][2:] >= 0)
+    single = {**config, "sweep": {"seeds": 2, "learning_rate": [0.01]}}
+    experiment.run(experiment.resolve(single), alone, progress=False, flops=False, layout="runs_last")
+    ra = results_of(alone, "columnar")
+    for key in ("curve", "final", "baseline"):
+        np.testing.assert_array_equal(rf[key][:2], ra[key])
+        np.testing.assert_allclose(ra[key], results_of(out, "columnar")[key][:2], rtol=2e-4)  # vmap's
+
+
 def test_results_folder_of_another_config_is_refused(tiny_run):
     path, out = tiny_run
     exp = experiment.load(path, ["steps=400"])

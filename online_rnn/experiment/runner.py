@@ -18,11 +18,13 @@ host adds the block sums in float64 (float32 sums over 50M steps would lose digi
 carried state and the host accumulators are saved atomically to ``<out>/learners/<label>/checkpoint.npz``;
 running the same config again resumes there and ends bit-identical to an uninterrupted run.
 
-Layout. On the CPU the run axis is the *last* axis of every carried array and the step is evaluated with
-:func:`online_rnn.batching.batch_last` (every fused loop then runs over state entries x runs with the runs in
-the innermost, vectorised stride; about 4x the seed-major ``vmap`` at the paper's shapes); on other backends it
-is ``jax.vmap``. Both evaluate the same unbatched step, and checkpoints store every array run-major whatever the
-layout. ``layout="vmap"`` forces the plain ``vmap`` on the CPU too.
+Layout. For sweeps of 16 runs or more on the CPU, the run axis is the *last* axis of every carried array and
+the step is evaluated with :func:`online_rnn.batching.batch_last` (every fused loop then runs over state
+entries x runs with the runs in the innermost, vectorised stride: 2.5-5x the seed-major ``vmap`` at the paper's
+shapes); single runs, learners with large states (exact RTRL beyond ~20 units) and other backends use
+``jax.vmap`` (:func:`resolve_layout`). Both evaluate the same unbatched step and agree to float round-off; for a
+given sweep the layout is fixed, so its results are bit for bit the same on any number of devices. Checkpoints
+store every array run-major whatever the layout.
 
 Divergence: a run whose prediction or error becomes NaN/inf has that step recorded in ``diverged_at`` and, from
 that step on, contributes nothing more (its outputs are masked); its state is left to run on and means nothing.
@@ -442,12 +444,21 @@ CPU_COMPILER_OPTIONS = {
 }
 
 
-def resolve_layout(layout: str) -> str:
-    """``auto`` is ``runs_last`` on the CPU and ``vmap`` elsewhere (where XLA picks its own layouts)."""
+# ``auto`` keeps a learner whose per-run state is larger than this many numbers seed-major: its loops are long
+# within one run already (exact RTRL beyond ~20 units), and padding its run axis would cost more than it gains.
+RUNS_LAST_MAX_STATE = 1 << 17
+
+
+def resolve_layout(layout: str, n_runs: int = RUN_QUANTUM, state_size: int = 0) -> str:
+    """The layout of a sweep of ``n_runs`` runs of ``state_size`` numbers each: ``auto`` is ``runs_last`` on the
+    CPU for sweeps of at least :data:`RUN_QUANTUM` runs of small learners, else ``vmap`` (a single run, or a
+    GPU/TPU, where XLA picks its own layouts). The choice depends on the sweep, never on the number of devices,
+    so it is the same on one machine, on several, or resumed."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
     if layout == "auto":
-        return "runs_last" if jax.default_backend() == "cpu" else "vmap"
+        small = n_runs >= RUN_QUANTUM and state_size <= RUNS_LAST_MAX_STATE
+        return "runs_last" if jax.default_backend() == "cpu" and small else "vmap"
     return layout
 
 
@@ -460,10 +471,11 @@ class Group:
 
     def __init__(self, exp: Experiment, spec: LearnerSpec, layout: str = "auto"):
         self.exp, self.spec = exp, spec
-        self.layout = resolve_layout(layout)
         self.fns = run_functions(exp, spec)
         self.grid = spec.grid()
         self.n_runs = len(self.grid)
+        one_run = jax.eval_shape(self.fns.init, jnp.int32(0), _hparams_example(spec))
+        self.layout = resolve_layout(layout, self.n_runs, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(one_run)))
         quantum = RUN_QUANTUM if self.layout == "runs_last" else 1
         self.mesh = _mesh(self.n_runs, quantum)
         self.n_devices = self.mesh.devices.size

@@ -109,26 +109,24 @@ def diag_step(cell: Cell, params: Any, carry: Any, trace: Any, x: jax.Array):
         )
 
     primals = (zx, zh, cv, extras)
-    cv_t = f(*primals)
+    cv_t, f_jvp = jax.linearize(f, *primals)
 
-    def directional(arg: int, tangent: Any) -> jax.Array:
-        """d f / d (argument ``arg``) along ``tangent``: since units are independent, a tangent set on every
-        unit at once gives every unit's own derivative, (n, S)."""
-        tangents = [jax.tree.map(jnp.zeros_like, a) for a in primals]
-        tangents[arg] = tangent
-        return jax.jvp(f, primals, tuple(tangents))[1]
-
-    def basis(a: jax.Array, j: int) -> jax.Array:
-        return jnp.zeros_like(a).at[..., j].set(1.0)
-
-    n_gates = zx.shape[-1]
-    jx = jnp.stack([directional(0, basis(zx, g)) for g in range(n_gates)], axis=-1)  # (n, S, G)
-    jh = jnp.stack([directional(1, basis(zh, g)) for g in range(n_gates)], axis=-1)  # (n, S, G)
-    jc = jnp.stack([directional(2, basis(cv, l)) for l in range(n_comp)], axis=-1)  # (n, S, S)
-    je = []
-    for k, e in enumerate(extras):
-        ones = tuple(jnp.ones_like(v) if i == k else jnp.zeros_like(v) for i, v in enumerate(extras))
-        je.append(directional(3, ones).reshape(e.shape[:1] + (n_comp,) + e.shape[1:]))
+    # Every direction at once: one per scalar of a unit's row of each argument (G for zx and for zh, S for the
+    # carry, a unit's row of each extra parameter), each set on every unit at once (units are independent, so
+    # one Jacobian-vector product gives every unit's own derivative), all in one vmapped product.
+    leaves, treedef = jax.tree.flatten(primals)
+    sizes = [int(np.prod(leaf.shape[1:])) for leaf in leaves]
+    eye = np.eye(sum(sizes))
+    tangents, start = [], 0
+    for leaf, size in zip(leaves, sizes):
+        block = jnp.asarray(eye[:, start:start + size], leaf.dtype)  # (directions, size)
+        tangents.append(jnp.broadcast_to(block[:, None, :], (eye.shape[0], n, size)).reshape(
+            (eye.shape[0],) + leaf.shape))
+        start += size
+    jac = jnp.moveaxis(jax.vmap(f_jvp)(*jax.tree.unflatten(treedef, tangents)), 0, -1)  # (n, S, directions)
+    parts = jnp.split(jac, np.cumsum(sizes)[:-1], axis=-1)
+    jx, jh, jc = parts[0], parts[1], parts[2]  # (n, S, G), (n, S, G), (n, S, S)
+    je = [part.reshape((n, n_comp) + e.shape[1:]) for part, e in zip(parts[3:], extras)]
     dout = jax.vmap(jax.grad(out))(cv)  # d h_i / d carry_i (n, S)
     # A_ii (n, S, S): direct carry path plus the unit's own output through its recurrent weights
     a = jc + jnp.sum(jh * w_self[:, None, :], axis=-1)[:, :, None] * dout[:, None, :]

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 from online_rnn import checks, prng, streaming
 from online_rnn.cells import Cell
@@ -101,9 +102,13 @@ class Credit(NamedTuple):
       ``None`` and the step uses its own readout gradient.
     * For learners whose units come and go (constructive, hybrid): ``active_features(trace, t) -> (H,) bool``
       marks the features that exist (inactive ones have ``h = 0``, keep their normalisation statistics and
-      their readout weights); ``update_mask(trace, t) -> tree of bool like the cell params`` marks the
-      parameters allowed to change. Both are called with the trace *before* the step and describe that step.
-      Parameters outside the masks keep their values and their optimizer state bit for bit.
+      their readout weights and its optimizer state); ``window_size`` (static) and ``window(trace, t) ->
+      (start, learns)`` name the only cell units that may learn this step, ``[start, start + window_size)``
+      along the leading (unit) axis of every cell parameter, and whether they do (``learns``, a bool):
+      ``backward`` then returns the gradient of those units only, and the objective's and the optimizer's
+      state are read and written for those units alone (plus the readout), so the other units keep their
+      parameters and their optimizer state bit for bit at no cost per step.
+      Both are called with the trace *before* the step and describe that step.
     * ``path`` names the implementation (shown by ``online-rnn list`` and in results summaries).
     """
 
@@ -112,7 +117,8 @@ class Credit(NamedTuple):
     backward: Callable[[Any, jax.Array], tuple[Params, Any]]
     readout: Optional[Callable[[Any, Params, jax.Array], tuple[Params, Any]]] = None
     active_features: Optional[Callable[[Any, jax.Array], jax.Array]] = None
-    update_mask: Optional[Callable[[Any, jax.Array], Params]] = None
+    window: Optional[Callable[[Any, jax.Array], jax.Array]] = None
+    window_size: int = 0
     uses_key: bool = False
     path: str = "generic"
 
@@ -242,24 +248,31 @@ def param_count(params: Params) -> int:
     return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)))
 
 
-def keep_masked(new_state: Any, old_state: Any, mask: Params, params: Params) -> Any:
-    """``new_state`` (an optimizer state) with every entry of its parameter-shaped parts (RMSProp's normaliser,
-    Adam's moments, ...) outside ``mask`` set back to ``old_state``'s; other parts (step counts, injected
-    hyperparameters) are taken from ``new_state``."""
+def params_like(params: Params) -> Callable[[Any], bool]:
+    """A test for the parts of a state tree (an optimizer's or an objective's) shaped like ``params``:
+    RMSProp's normaliser, Adam's moments, TD's eligibility trace."""
     treedef = jax.tree.structure(params)
     shapes = [jnp.shape(p) for p in jax.tree.leaves(params)]
 
-    def params_like(x: Any) -> bool:
-        if jax.tree.structure(x) != treedef:
-            return False
-        return [jnp.shape(v) for v in jax.tree.leaves(x)] == shapes
+    def test(x: Any) -> bool:
+        return jax.tree.structure(x) == treedef and [jnp.shape(v) for v in jax.tree.leaves(x)] == shapes
 
-    def pick(new: Any, old: Any) -> Any:
-        if params_like(new):
-            return jax.tree.map(lambda a, b, m: jnp.where(m, a, b), new, old, mask)
-        return new
+    return test
 
-    return jax.tree.map(pick, new_state, old_state, is_leaf=params_like)
+
+def map_params_like(fn: Callable, state: Any, params: Params, *rest: Any) -> Any:
+    """``fn(part, *rest_parts)`` on every params-shaped part of ``state``; every other part is taken from the
+    last tree (``rest[-1]``, or ``state`` itself). ``rest`` are trees of ``state``'s structure down to those
+    parts."""
+    test = params_like(params)
+    return jax.tree.map(lambda x, *r: fn(x, *r) if test(x) else (r[-1] if r else x), state, *rest, is_leaf=test)
+
+
+def keep_masked(new_state: Any, old_state: Any, mask: Params, params: Params) -> Any:
+    """``new_state`` with every entry of its params-shaped parts outside ``mask`` set back to ``old_state``'s;
+    other parts (step counts, injected hyperparameters) are taken from ``new_state``."""
+    return map_params_like(lambda old, new: jax.tree.map(lambda a, b, m: jnp.where(m, b, a), old, new, mask),
+                           old_state, params, new_state)
 
 
 # ------------------------------------------------------------------------------------------------------ build
@@ -278,8 +291,8 @@ def build(
 ) -> Learner:
     """Assemble a learner from a credit-assignment rule and the shared readout, objective, optimizer and the
     streaming pieces of :mod:`online_rnn.streaming` (see :class:`Options`). Parameters outside
-    ``credit.update_mask`` (and readout weights of inactive features) keep their values and their optimizer
-    state bit for bit."""
+    ``credit.window`` (and readout weights of inactive features) keep their values and their optimizer state bit
+    for bit."""
     check_learner_args(cell, input_size, output_size, objective, optimizer)
     opts = as_options(options)
     in_norm = streaming.as_normalisation(opts.normalise_inputs, "normalise_inputs")
@@ -287,7 +300,6 @@ def build(
     ro = make_readout(opts.readout, cell.hidden_size, output_size)
     if feat_norm is not None and opts.readout == "identity":
         raise ValueError("normalise_features needs readout='linear' (the identity readout has nothing to scale)")
-    masked = credit.update_mask is not None or credit.active_features is not None
 
     def active(trace: Any, t: jax.Array) -> jax.Array:
         if credit.active_features is None:
@@ -343,21 +355,47 @@ def build(
         g_cell, trace = credit.backward(residuals, dh)
         if credit.readout is not None:
             g_readout, trace = credit.readout(trace, g_readout, t)
-        grads, loss, obj_state = objective.update(
-            state.objective, y_t, signal_t, {"cell": g_cell, "readout": g_readout}
-        )
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        # With a window, the objective and the optimizer see the window's units and the readout only.
+        view, put = (lambda p: p), (lambda full, part: part)
+        learns = None
+        if credit.window is not None:
+            start, learns = credit.window(state.trace, t)
+
+            def view(p):
+                cell = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, credit.window_size), p["cell"])
+                return {"cell": cell, "readout": p["readout"]}
+
+            def put(full, part):
+                cell = jax.tree.map(lambda a, b: lax.dynamic_update_slice_in_dim(a, b, start, 0), full["cell"],
+                                    part["cell"])
+                return {"cell": cell, "readout": part["readout"]}
+
+        p_view = view(params)
+        obj_view = map_params_like(view, state.objective, params)
+        opt_view = map_params_like(view, state.opt_state, params)
+        grads, loss, obj_view = objective.update(obj_view, y_t, signal_t, {"cell": g_cell, "readout": g_readout})
+        updates, new_opt = optimizer.update(grads, opt_view, p_view)
         if opts.readout_step_scale:
             n_active = jnp.maximum(jnp.sum(on), 1).astype(y_t.dtype)
             updates = {**updates, "readout": jax.tree.map(lambda u: u / n_active, updates["readout"])}
-        if masked:
-            cell_mask = (jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params["cell"])
-                         if credit.update_mask is None else credit.update_mask(state.trace, t))
-            mask = {"cell": cell_mask, "readout": ro.mask(on)}
+        if credit.active_features is not None:  # readout weights of features that do not exist stay as they are
+            mask = {"cell": jax.tree.map(lambda u: jnp.ones(jnp.shape(u), bool), updates["cell"]),
+                    "readout": ro.mask(on)}
             updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, mask)
-            opt_state = keep_masked(opt_state, state.opt_state, mask, params)
+            new_opt = keep_masked(new_opt, opt_view, mask, p_view)
+        if learns is not None:  # a window that does not learn keeps its units' parameters and state
+            keep = {"cell": jax.tree.map(lambda u: jnp.broadcast_to(learns, jnp.shape(u)), updates["cell"]),
+                    "readout": jax.tree.map(lambda u: jnp.ones(jnp.shape(u), bool), updates["readout"])}
+            updates = jax.tree.map(lambda u, m: jnp.where(m, u, jnp.zeros_like(u)), updates, keep)
+            new_opt = keep_masked(new_opt, opt_view, keep, p_view)
+            obj_view = keep_masked(obj_view, map_params_like(view, state.objective, params), keep, p_view)
+        params_t = put(params, optax.apply_updates(p_view, updates))
+        obj_state = map_params_like(put, state.objective, params, obj_view)
+        opt_state = map_params_like(put, state.opt_state, params, new_opt)
+        if credit.window is not None:  # the step's gradient, as a tree like the parameters
+            grads = put(jax.tree.map(jnp.zeros_like, params), grads)
         new_state = LearnerState(
-            params=optax.apply_updates(params, updates),
+            params=params_t,
             opt_state=opt_state,
             carry=carry,
             trace=trace,

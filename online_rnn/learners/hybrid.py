@@ -42,6 +42,7 @@ from online_rnn.objectives import Objective
 class HybridTrace(NamedTuple):
     columns: Any  # the learning stage's per-column RTRL traces, stacked (units_per_stage, ...)
     input_stats: Any  # NormStats (n_stages, unit_input_size), or () without input normalisation
+    input_scale: Any  # 1 / sqrt(input_stats.var), kept with the statistics (only the learning stage's change)
 
 
 class _Layout(NamedTuple):
@@ -116,20 +117,26 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
         stage_carry = _slice_stage(carry, jnp.int32(0), ups)
         columns = inner.init(stage_params, stage_carry, readout_params)
         dtype = jax.tree.leaves(cell_params)[0].dtype
-        stats = () if in_norm is None else streaming.normaliser_init((n_stages, lay.unit_input_size), dtype)
-        return HybridTrace(columns, stats)
+        if in_norm is None:
+            return HybridTrace(columns, (), ())
+        stats = streaming.normaliser_init((n_stages, lay.unit_input_size), dtype)
+        return HybridTrace(columns, stats, 1.0 / jnp.sqrt(stats.var))
 
     def forward(cell_params, carry, trace: HybridTrace, x_t, key, t):
         learning, stage, learns = stages(t)
         started = unit_stage <= learning  # (n_units,)
         raw = _stage_inputs(lay, x_t, _outputs(cell, carry))
         if in_norm is None:
-            u, stats = raw, trace.input_stats
+            u, stats, scale = raw, trace.input_stats, trace.input_scale
         else:
-            u = streaming.normalise(trace.input_stats, raw)
-            stats = streaming.normaliser_update(
-                trace.input_stats, raw, in_norm, (jnp.arange(n_stages) == learning)[:, None]
-            )
+            # frozen stages' statistics are constants: only the learning stage's row is updated (and its scale
+            # recomputed), once for the whole sweep when the step count is shared
+            mean, var = trace.input_stats
+            u = (raw - mean) * trace.input_scale
+            row = streaming.NormStats(mean[stage], var[stage])
+            new_row = streaming.normaliser_update(row, raw[stage], in_norm, learns)
+            stats = streaming.NormStats(mean.at[stage].set(new_row.mean), var.at[stage].set(new_row.var))
+            scale = trace.input_scale.at[stage].set(1.0 / jnp.sqrt(new_row.var))
         u_units = u[lay.unit_stage]
         new_carry, h_units = jax.vmap(cell.apply)(cell_params, carry, u_units)
         carry_t = jax.tree.map(
@@ -143,28 +150,25 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
         p_s = _slice_stage(cell_params, stage, ups)
         c_s = _slice_stage(carry, stage, ups)
         _, _, stage_residuals = inner.forward(p_s, c_s, columns, u[stage], key, t)
-        return carry_t, h_t, (cell_params, stage, learns, stats, stage_residuals)
+        return carry_t, h_t, (cell_params, stage, learns, (stats, scale), stage_residuals)
 
     def backward(residuals, dh):
         cell_params, stage, learns, stats, stage_residuals = residuals
         dh_s = jax.lax.dynamic_slice_in_dim(dh, stage * ups * lay.k, ups * lay.k, axis=0)
         g_s, columns_t = inner.backward(stage_residuals, dh_s)
         g_s = jax.tree.map(lambda g: jnp.where(learns, g, jnp.zeros_like(g)), g_s)
-        zeros = jax.tree.map(jnp.zeros_like, cell_params)
-        return _put_stage(zeros, g_s, stage, ups), HybridTrace(columns_t, stats)
+        return g_s, HybridTrace(columns_t, *stats)  # the learning stage's units only: see ``window``
 
     def active_features(trace: HybridTrace, t: jax.Array) -> jax.Array:
         learning, _, _ = stages(t)
         return jnp.repeat(unit_stage <= learning, lay.k)
 
-    def update_mask(trace: HybridTrace, t: jax.Array) -> Any:
-        learning, _, _ = stages(t)
-        learning_units = unit_stage == learning
-        shapes = jax.eval_shape(lambda: _staged_network(cell, lay).init(jax.random.PRNGKey(0), lay.input_size))
-        return jax.tree.map(lambda s: jnp.broadcast_to(learning_units.reshape((-1,) + (1,) * (len(s.shape) - 1)),
-                                                       s.shape), shapes)
+    def window(trace: HybridTrace, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The learning stage's units; after the last stage none learns (only the readout)."""
+        _, stage, learns = stages(t)
+        return stage * ups, learns
 
-    return Credit(init, forward, backward, active_features=active_features, update_mask=update_mask,
+    return Credit(init, forward, backward, active_features=active_features, window=window, window_size=ups,
                   uses_key=inner.uses_key, path=inner.path)
 
 

@@ -15,6 +15,8 @@ Keys of other PRNG implementations fall back to ``jax.random``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +75,12 @@ def bits(key: jax.Array, n: int) -> jax.Array:
     counter = jnp.arange(half, dtype=jnp.uint32)
     y0, y1 = threefry2x32(raw[0], raw[1], counter, counter ^ np.uint32(0xA5A5A5A5))
     return jnp.concatenate([y0, y1])[:n]
+
+
+def signs(key: jax.Array, n: int, dtype: Any = jnp.float32) -> jax.Array:
+    """``n`` independent random signs (+1 or -1, each with probability 1/2) from ``ceil(n / 32)`` words: one bit
+    per sign."""
+    words = bits(key, -(-n // 32))
+    i = np.arange(n)
+    bit = (words[i // 32] >> jnp.asarray(i % 32, jnp.uint32)) & np.uint32(1)
+    return jnp.where(bit == 1, 1.0, -1.0).astype(dtype)

@@ -57,7 +57,7 @@ def uoro_credit(cell: Cell, eps: float = EPS) -> Credit:
         (s_t, h_t), f_vjp = jax.vjp(f, theta, s)
         # everything that does not need the error: the rank-one update of the influence estimate
         # random signs from the unrolled Threefry of online_rnn.prng (jax.random's is a rolled loop on the CPU)
-        nu = jnp.where(prng.bits(key, s_t.shape[0]) & 1, 1.0, -1.0).astype(s_t.dtype)
+        nu = prng.signs(key, s_t.shape[0], s_t.dtype)
         _, (a_s, _) = jax.jvp(lambda s_: f(theta, s_), (s,), (trace.s_tilde,))
         nu_d, _ = f_vjp((nu, jnp.zeros_like(h_t)))
         rho0 = jnp.sqrt((jnp.linalg.norm(trace.theta_tilde) + eps) / (jnp.linalg.norm(a_s) + eps))

@@ -280,10 +280,11 @@ def test_uoro_is_unbiased_and_its_error_shrinks_like_one_over_sqrt_n(x64):
 
     Tolerance. For an unbiased estimator with covariance C, the mean of N independent estimates has
     E|mean - g|^2 = tr(C) / N. We estimate tr(C) from the samples themselves and require the normalised squared
-    error z = N |mean - g|^2 / tr(C) to be below 6 at N = 2000 and N = 8000 (z averages 1 and, summed over ~50
-    coordinates, rarely exceeds 3; a bias b would make z grow like N |b|^2 / tr(C)). Between the two sample
-    sizes the error must shrink by a factor in [1.2, 4] (1/sqrt(N) predicts 2; the keys are fixed, so the test
-    is deterministic).
+    error z = N |mean - g|^2 / tr(C) to be below 6 at N = 2000 and N = 8000 (z averages 1; a bias b would make z
+    grow like N |b|^2 / tr(C)), which bounds the error by sqrt(6 tr(C) / N), the 1/sqrt(N) law. The error at
+    8000 must also be below the one at 2000. (Their ratio, 2 on average, is too noisy to bound tightly: UORO's
+    estimates are heavy-tailed, and over 8 sets of keys it ranged from 1.1 to 4.6 while z stayed in 0.4-3.7.
+    The keys are fixed, so the test is deterministic.)
     """
     T = 6
     cell = cells.lstm(2)
@@ -310,7 +311,7 @@ def test_uoro_is_unbiased_and_its_error_shrinks_like_one_over_sqrt_n(x64):
         z = n * err**2 / tr_cov
         assert float(z) < 6.0, (n, float(z))
         errors.append(float(err))
-    assert 1.2 < errors[0] / errors[1] < 4.0, errors
+    assert errors[1] < errors[0], errors
     # the estimates are noisy (it is a rank-one estimate), not a copy of the truth
     assert float(jnp.mean(jnp.linalg.norm(samples[:100] - truth, axis=1))) > 1e-3
 

@@ -54,32 +54,45 @@ def test_run_compare_plot(in_process, capsys):
         assert (out / name).stat().st_size > 1000 and name in printed
 
 
-def _run_subprocess(config_path: Path, out: Path, devices: int) -> None:
+def _run_subprocess(config_path: Path, out: Path, devices: int, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, ONLINE_RNN_CACHE="0")
     # full optimisation (the tests' cheap compile flag is left out), ``devices`` JAX devices
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     exe = Path(sys.executable).parent / "online-rnn"
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "online_rnn.cli"]
-    proc = subprocess.run([*command, "run", str(config_path), "--out", str(out), "--quiet"],
+    proc = subprocess.run([*command, "run", str(config_path), "--out", str(out), "--quiet", *extra],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "| columnar |" in proc.stdout
-    progress = json.loads((out / "learners/columnar/progress.json").read_text())
-    assert progress["devices"] == devices
+    return proc
+
+
+def _same_results(a: Path, b: Path, labels: list[str]) -> None:
+    for label in labels:
+        with np.load(a / "learners" / label / "results.npz") as ra, np.load(b / "learners" / label / "results.npz") as rb:
+            for key in ra.files:
+                np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{label}.{key}")
 
 
 def test_fresh_processes_on_one_and_two_devices_give_identical_results(tmp_path):
-    """The installed entry point in new processes, with 32 runs on one JAX device or split over two: the
-    results are the same bit for bit (a run's numbers depend on neither the process nor the device count)."""
+    """The installed entry point in new processes at full optimisation, one JAX device against two: a sweep of
+    32 runs split over both devices, and two small sweeps (4 runs each) run side by side, one per device, with
+    the second process stopped after one chunk and resumed. The results are the same bit for bit: a run's
+    numbers depend on neither the process, nor the device count, nor an interruption."""
+    config = {**MANY_RUNS, "learners": MANY_RUNS["learners"] + [
+        {"name": "tbptt", "label": "small_a", "truncation": 2, "cell": {"name": "lstm", "hidden_size": 2},
+         "optimizer": {"name": "sgd"}, "sweep": {"seeds": 2}},
+        {"name": "columnar", "label": "small_b", "n_columns": 3, "optimizer": {"name": "sgd"},
+         "sweep": {"seeds": 2}}]}
     config_path = tmp_path / "cli_many.yaml"
-    config_path.write_text(yaml.safe_dump(MANY_RUNS))
-    outs = {}
-    for devices in (1, 2):
-        outs[devices] = config_path.parent / f"subprocess_{devices}"
-        _run_subprocess(config_path, outs[devices], devices)
-    with np.load(outs[1] / "learners/columnar/results.npz") as a, np.load(outs[2] / "learners/columnar/results.npz") as b:
-        for key in a.files:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    config_path.write_text(yaml.safe_dump(config))
+    one, two = tmp_path / "one_device", tmp_path / "two_devices"
+    assert "| columnar |" in _run_subprocess(config_path, one, 1).stdout
+    assert "stopped early" in _run_subprocess(config_path, two, 2, "--max-chunks", "2").stdout
+    assert "| small_b |" in _run_subprocess(config_path, two, 2).stdout
+    devices = {label: json.loads((two / "learners" / label / "progress.json").read_text())["devices"]
+               for label in ("columnar", "small_a", "small_b")}
+    assert devices == {"columnar": 2, "small_a": 1, "small_b": 1}
+    _same_results(one, two, ["columnar", "small_a", "small_b"])
 
 
 def _one_line_error(capsys) -> str:

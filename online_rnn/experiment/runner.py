@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -418,9 +419,11 @@ def compile_key(exp: Experiment, spec: LearnerSpec, n_devices: int, n_padded: in
     return json.dumps(key, sort_keys=True)
 
 
-def _mesh(n_runs: int, quantum: int) -> Mesh:
-    """One device per ``quantum`` runs, at most every device."""
-    devices = jax.devices()[: max(1, min(len(jax.devices()), -(-n_runs // quantum)))]
+def _mesh(n_runs: int, devices: Optional[list] = None) -> Mesh:
+    """One device per :data:`RUN_QUANTUM` runs, at most every device (of ``devices``, default all): a sweep of
+    fewer runs stays on one device (and may run beside another sweep)."""
+    devices = list(devices or jax.devices())
+    devices = devices[: max(1, min(len(devices), -(-n_runs // RUN_QUANTUM)))]
     return Mesh(np.array(devices), ("runs",))
 
 
@@ -469,24 +472,14 @@ def compiler_options() -> dict:
 class Group:
     """All runs of one learner entry: one compiled chunk function, sharded over devices."""
 
-    def __init__(self, exp: Experiment, spec: LearnerSpec, layout: str = "auto"):
+    def __init__(self, exp: Experiment, spec: LearnerSpec, layout: str = "auto", devices: Optional[list] = None):
         self.exp, self.spec = exp, spec
         self.fns = run_functions(exp, spec)
         self.grid = spec.grid()
         self.n_runs = len(self.grid)
         one_run = jax.eval_shape(self.fns.init, jnp.int32(0), _hparams_example(spec))
         self.layout = resolve_layout(layout, self.n_runs, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(one_run)))
-        quantum = RUN_QUANTUM if self.layout == "runs_last" else 1
-        self.mesh = _mesh(self.n_runs, quantum)
-        self.n_devices = self.mesh.devices.size
-        per_device = -(-self.n_runs // self.n_devices)
-        self.n_padded = -(-per_device // quantum) * quantum * self.n_devices
-        pad = [self.grid[0]] * (self.n_padded - self.n_runs)  # copies of run 0, dropped from results
-        rows = self.grid + pad
-        self.seeds = np.array([r["seed"] for r in rows], np.int32)
-        self.hparams = {k: np.array([r[k] for r in rows], np.float32) for k in spec.hparam_names}
-        self.sharded = NamedSharding(self.mesh, P("runs"))
-        self.replicated = NamedSharding(self.mesh, P())
+        self.quantum = RUN_QUANTUM if self.layout == "runs_last" else 1
         self.block = block_size(spec.steps, spec.bins, spec.window, spec.chunk)
         self.n_traces = 0
         self.compile_seconds = 0.0
@@ -494,6 +487,20 @@ class Group:
         self.flops_lower_bound = False
         self._chunk = None
         self._init = None
+        self.place(devices)
+
+    def place(self, devices: Optional[list] = None) -> None:
+        """Put the sweep on ``devices`` (default: as many of all devices as it fills); before compiling."""
+        self.mesh = _mesh(self.n_runs, devices)
+        self.n_devices = self.mesh.devices.size
+        per_device = -(-self.n_runs // self.n_devices)
+        self.n_padded = -(-per_device // self.quantum) * self.quantum * self.n_devices
+        pad = [self.grid[0]] * (self.n_padded - self.n_runs)  # copies of run 0, dropped from results
+        rows = self.grid + pad
+        self.seeds = np.array([r["seed"] for r in rows], np.int32)
+        self.hparams = {k: np.array([r[k] for r in rows], np.float32) for k in self.spec.hparam_names}
+        self.sharded = NamedSharding(self.mesh, P("runs"))
+        self.replicated = NamedSharding(self.mesh, P())
         # run-major shapes of the carry (the checkpoint's form) and each leaf's run axis in the layout
         self._run_major = jax.eval_shape(self._init_local, self.seeds, dict(self.hparams))
         self._specs = jax.tree.map(self._spec, self._run_major)
@@ -569,7 +576,7 @@ class Group:
 
     def from_cache(self, flops: bool) -> bool:
         """Take the compiled functions from this process's cache if they are there (with FLOPs if wanted)."""
-        hit = _COMPILED.get(compile_key(self.exp, self.spec, self.n_devices, self.n_padded, self.layout))
+        hit = _COMPILED.get(self._key())
         if hit is None or (flops and hit[2] is None):
             return False
         self._init, self._chunk, self.flops, self.flops_lower_bound = hit
@@ -578,8 +585,11 @@ class Group:
     def to_cache(self) -> None:
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.pop(next(iter(_COMPILED)))
-        key = compile_key(self.exp, self.spec, self.n_devices, self.n_padded, self.layout)
-        _COMPILED[key] = (self._init, self._chunk, self.flops, self.flops_lower_bound)
+        _COMPILED[self._key()] = (self._init, self._chunk, self.flops, self.flops_lower_bound)
+
+    def _key(self) -> str:
+        devices = [d.id for d in self.mesh.devices.flat]  # a compiled sweep runs on the devices it was built for
+        return compile_key(self.exp, self.spec, self.n_devices, self.n_padded, self.layout) + f"|{devices}"
 
     # -- state
     def init_carry(self) -> RunCarry:
@@ -663,7 +673,7 @@ def run(
     chosen = [s for s in exp.learners if only is None or s.label in only]
     pending = [s for s in chosen if not (group_dir(out, s) / RESULTS).exists()]
     done = [s.label for s in chosen if s not in pending]
-    groups = [Group(exp, s, layout) for s in pending]
+    groups = _groups(exp, pending, layout)
     fresh = [g for g in groups if not g.from_cache(flops)]
     if fresh and progress:
         print(f"compiling {len(fresh)} learner(s) ...", flush=True)
@@ -675,12 +685,74 @@ def run(
         for g in fresh:
             g.to_cache()
     compiled = time.perf_counter() - start
-    chunks_left = [max_chunks]
-    for group in groups:
-        if not _run_group(group, out, progress, chunks_left):
+    budget = _ChunkBudget(max_chunks)
+    for group in [g for g in groups if g.n_devices > 1 or len(jax.devices()) == 1]:  # whole-machine sweeps
+        if not _run_group(group, out, progress, budget):
             return RunReport(out, False, done, time.perf_counter() - start, compiled, traces(groups))
         done.append(group.spec.label)
-    return RunReport(out, True, done, time.perf_counter() - start, compiled, traces(groups))
+    small = [g for g in groups if g.n_devices == 1 and len(jax.devices()) > 1]
+    complete = _run_side_by_side(small, out, progress, budget)
+    done += [g.spec.label for g, ok in zip(small, complete) if ok]
+    return RunReport(out, all(complete), done, time.perf_counter() - start, compiled, traces(groups))
+
+
+def _groups(exp: Experiment, specs: list, layout: str) -> list[Group]:
+    """A group per learner entry. Sweeps too small to fill more than one device (fewer runs than the layout's
+    quantum) get one device each, round-robin, so that they can run side by side: a small sweep's step is
+    short and mostly fixed cost, and would leave the other cores idle."""
+    devices = jax.devices()
+    groups, k = [], 0
+    for spec in specs:
+        group = Group(exp, spec, layout)
+        if group.n_devices == 1 and len(devices) > 1:
+            group.place([devices[k % len(devices)]])
+            k += 1
+        groups.append(group)
+    return groups
+
+
+class _ChunkBudget:
+    """How many more chunks this call may run (``None``: no limit), shared by the groups that run side by side,
+    with a stop flag for an interrupt."""
+
+    def __init__(self, chunks: Optional[int]):
+        self.left, self.lock, self.stop = chunks, threading.Lock(), threading.Event()
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.stop.is_set():
+                return False
+            if self.left is None:
+                return True
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+
+def _run_side_by_side(groups: list[Group], out: Path, progress: bool, budget: _ChunkBudget) -> list[bool]:
+    """Run one-device groups concurrently, as many at a time as there are devices (each stays on its own)."""
+    if not groups:
+        return []
+    slots = {}  # device -> progress-bar line
+    for g in groups:
+        slots.setdefault(g.mesh.devices.flat[0].id, len(slots))
+    locks = {d: threading.Lock() for d in slots}  # one group at a time per device
+
+    def work(g: Group) -> bool:
+        device = g.mesh.devices.flat[0].id
+        with locks[device]:
+            return _run_group(g, out, progress, budget, position=slots[device])
+
+    with ThreadPoolExecutor(len(slots)) as pool:
+        futures = [pool.submit(work, g) for g in groups]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            budget.stop.set()  # the others stop after their current chunk, which is saved
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def traces(groups: list[Group]) -> dict:
@@ -694,7 +766,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run_group(group: Group, out: Path, progress: bool, chunks_left: list) -> bool:
+def _run_group(group: Group, out: Path, progress: bool, budget: _ChunkBudget, position: Optional[int] = None) -> bool:
     from tqdm.auto import tqdm
 
     spec, exp = group.spec, group.exp
@@ -715,13 +787,11 @@ def _run_group(group: Group, out: Path, progress: bool, chunks_left: list) -> bo
         carry = group.init_carry()
     metric_name = "MSRE" if exp.kind == "prediction" else "loss"
     bar = tqdm(total=spec.steps, initial=t, desc=f"{spec.label} ({group.n_runs} runs)", unit="step",
-               unit_scale=True, disable=not progress, dynamic_ncols=True, leave=True)
+               unit_scale=True, disable=not progress, dynamic_ncols=True, leave=True, position=position)
     try:
         while t < spec.steps:
-            if chunks_left[0] is not None:
-                if chunks_left[0] <= 0:
-                    return False
-                chunks_left[0] -= 1
+            if not budget.take():
+                return False
             tic = time.perf_counter()
             carry, outputs = group.run_chunk(carry, t)
             sums = Blocks(*(np.asarray(jax.device_get(a))[: group.n_runs] for a in outputs))

@@ -8,9 +8,9 @@ Every cell is a :class:`Cell` of three pure functions::
 
 There is no batch axis inside a cell: batches, seeds and columns come from ``jax.vmap``.
 
-Cells here: the gated cells ``elman``, ``lstm``, ``gru``; the diagonal (complex-valued, stored as real pairs)
-cells ``lru`` (Orvieto et al. 2023) and ``rtu`` (Elelimy et al. 2024); ``stack`` of layers; ``flax``, which
-wraps any ``flax.linen`` recurrent cell.
+Cells here: the gated cells ``elman``, ``leaky_elman``, ``lstm``, ``gru``; the diagonal (complex-valued, stored as
+real pairs) cells ``lru`` (Orvieto et al. 2023) and ``rtu`` (Elelimy et al. 2024); ``stack`` of layers; ``flax``,
+which wraps any ``flax.linen`` recurrent cell.
 
 Layout. Parameters are *unit-major*: every leaf has the unit axis first, so ``leaf[i]`` holds exactly the
 parameters that belong to unit ``i`` (its rows of the gate matrices and its biases), and the second axis of a
@@ -200,6 +200,35 @@ def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
         return jnp.tanh(zx[0] + zh[0])
 
     return _gated("elman", n, 1, init, initial_carry, pointwise, lambda h_i: h_i)
+
+
+def leaky_elman(hidden_size: int, tau: float, init_range: Optional[float] = None) -> Cell:
+    """Leaky Elman RNN with time constant ``tau`` (in steps), the network of Murray's RFLO (Murray, "Local online
+    learning in recurrent networks with random feedback", eLife 2019; his example code, the ``rflo-learning``
+    repository, steps ``h_{t+1} = h_t + (-h_t + tanh(u_{t+1})) / tau``)::
+
+        h_t = (1 - 1/tau) h_{t-1} + (1/tau) tanh(W_x x_t + W_h h_{t-1} + b)
+
+    ``tau >= 1``; ``tau = 1`` is :func:`elman`. Parameters and initialisation as :func:`elman` (``ElmanParams``).
+    """
+    n = _check_size("hidden_size", hidden_size)
+    _check_range(init_range)
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 1:
+        raise ValueError(f"tau must be a number >= 1 (the time constant in steps), got {tau!r}")
+    alpha = 1.0 / float(tau)
+
+    def init(key: jax.Array, input_size: int) -> ElmanParams:
+        _check_size("input_size", input_size)
+        w_x, w_h, b = _init_weights(key, n, 1, input_size, init_range)
+        return ElmanParams(w_x=w_x, w_h=w_h, b=b)
+
+    def initial_carry(params: ElmanParams) -> jax.Array:
+        return jnp.zeros((n,), params.b.dtype)
+
+    def pointwise(p: ElmanParams, zx: jax.Array, zh: jax.Array, h_i: jax.Array) -> jax.Array:
+        return (1.0 - alpha) * h_i + alpha * jnp.tanh(zx[0] + zh[0])
+
+    return _gated("leaky_elman", n, 1, init, initial_carry, pointwise, lambda h_i: h_i)
 
 
 def lstm(hidden_size: int, forget_bias: float = 1.0, init_range: Optional[float] = None) -> Cell:
@@ -597,6 +626,7 @@ def flax(module: Any, hidden_size: Optional[int] = None) -> Cell:
 
 _CELLS: dict[str, Callable[..., Cell]] = {
     "elman": elman, "lstm": lstm, "gru": gru, "lru": lru, "rtu": rtu, "stack": stack, "flax": flax,
+    "leaky_elman": leaky_elman,
 }
 
 

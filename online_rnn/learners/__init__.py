@@ -19,7 +19,9 @@ from online_rnn.learners.base import (
     param_count,
 )
 from online_rnn.learners.columnar import columnar, stack_columns, vmap_credit
+from online_rnn.learners.eprop import EpropTrace, eprop, eprop_credit
 from online_rnn.learners.hybrid import HybridTrace, constructive, hybrid
+from online_rnn.learners.rflo import RFLOTrace, rflo, rflo_credit
 from online_rnn.learners.rtrl import RTRLTrace, rtrl, rtrl_credit
 from online_rnn.learners.snap1 import SnAp1Trace, snap1, snap1_credit
 from online_rnn.learners.tbptt import TBPTTTrace, bptt, tbptt
@@ -34,6 +36,8 @@ _REGISTRY: dict[str, Callable[..., Learner]] = {
     "columnar": columnar,
     "constructive": constructive,
     "hybrid": hybrid,
+    "rflo": rflo,
+    "eprop": eprop,
 }
 
 
@@ -57,12 +61,18 @@ def make(name: str, **kwargs: Any) -> Learner:
 
 
 __all__ = [
+    "EpropTrace",
     "HybridTrace",
+    "RFLOTrace",
     "SnAp1Trace",
     "UOROTrace",
     "columnar",
     "constructive",
+    "eprop",
+    "eprop_credit",
     "hybrid",
+    "rflo",
+    "rflo_credit",
     "snap1",
     "snap1_credit",
     "stack_columns",

@@ -1,0 +1,273 @@
+"""RFLO and e-prop against their definitions (float64).
+
+* RFLO: its traces, gradients and parameters equal the closed-form rule written out here in numpy (both
+  feedbacks); it equals the generic e-prop path on leaky units.
+* e-prop: equals the paper's LSTM formulas written out here (both feedbacks); with symmetric feedback it equals
+  SnAp-1 on a network without self-recurrent weights and differs from it with them.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from online_rnn import cells, learners, objectives
+from reference import max_rel_err, randomise, scan_learner
+
+IN, OUT = 3, 2
+SE = objectives.squared_error()
+
+
+def _stream(key, n, out=OUT):
+    kx, ky = jax.random.split(key)
+    return jax.random.normal(kx, (n, IN)), jax.random.normal(ky, (n, out))
+
+
+def _start(learner, key, scale=0.5):
+    """Init, then every parameter random (the readout too, so that every gradient entry is exercised)."""
+    state = learner.init(key)
+    return state._replace(params=randomise(state.params, jax.random.fold_in(key, 1), scale))
+
+
+def _np(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def _close(got, want, what):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-12, err_msg=what)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# ---------------------------------------------------------------------------------------------- RFLO, e-prop
+
+
+def _sgd(params, grads, lr):
+    return {k: params[k] - lr * grads[k] for k in params}
+
+
+def _rflo_reference(params, feedback_matrix, xs, ys, tau, lr):
+    """Murray's RFLO on h_t = (1 - a) h_{t-1} + a tanh(W_h h_{t-1} + W_x x_t + b), a = 1 / tau, with SGD on
+    every weight, written out in numpy: per weight an eligibility trace
+    P <- (1 - a) P + a tanh'(z_i) [h_{t-1}, x_t, 1]_j, learning signal B err (or W_out^T err), readout from
+    err h_t^T. Returns the predictions, the gradients (the learner's layout) and the final parameters."""
+    cell, ro = _np(params["cell"]), _np(params["readout"])
+    p = {"w_x": cell.w_x[:, 0], "w_h": cell.w_h[:, 0], "b": cell.b[:, 0], "w": ro["w"], "bo": ro["b"]}
+    a = 1.0 / tau
+    n = p["b"].shape[0]
+    h = np.zeros(n)
+    trace = {"w_x": np.zeros_like(p["w_x"]), "w_h": np.zeros_like(p["w_h"]), "b": np.zeros(n)}
+    preds, grads = [], []
+    for x, target in zip(np.asarray(xs), np.asarray(ys)):
+        z = p["w_h"] @ h + p["w_x"] @ x + p["b"]
+        h_new = (1 - a) * h + a * np.tanh(z)
+        immediate = a * (1 - np.tanh(z) ** 2)
+        trace = {"w_x": (1 - a) * trace["w_x"] + np.outer(immediate, x),
+                 "w_h": (1 - a) * trace["w_h"] + np.outer(immediate, h),
+                 "b": (1 - a) * trace["b"] + immediate}
+        y = p["w"] @ h_new + p["bo"]
+        err = y - target  # d/dy of 0.5 |y - target|^2
+        signal = p["w"].T @ err if feedback_matrix is None else feedback_matrix @ err
+        g = {"w_x": signal[:, None] * trace["w_x"], "w_h": signal[:, None] * trace["w_h"], "b": signal * trace["b"],
+             "w": np.outer(err, h_new), "bo": err}
+        preds.append(y)
+        grads.append(g)
+        p = _sgd(p, g, lr)
+        h = h_new
+    return np.array(preds), grads, p
+
+
+def _as_elman(g):
+    """Reference gradients or parameters in the learner's layout."""
+    return {"cell": cells.ElmanParams(w_x=g["w_x"][:, None], w_h=g["w_h"][:, None], b=g["b"][:, None]),
+            "readout": {"w": g["w"], "b": g["bo"]}}
+
+
+@pytest.mark.parametrize("tau,feedback", [(3.0, "random"), (3.0, "readout"), (1.0, "random")],
+                         ids=["leaky-random", "leaky-readout", "elman-random"])
+def test_rflo_equals_its_closed_form_and_eprop_on_leaky_units(x64, tau, feedback):
+    """While learning (SGD, 9 steps): RFLO's predictions, gradients and parameters equal the closed-form rule
+    (``_rflo_reference``) with the learner's own fixed feedback matrix, rtol 1e-9; and equal e-prop's generic
+    path (jax.jacrev / jax.jacfwd of each unit's map) with the same feedback. tau = 1 runs on cells.elman."""
+    T, lr = 9, 0.05
+    cell = cells.leaky_elman(3, tau) if tau != 1.0 else cells.elman(3)
+    runs = {}
+    for name in ("rflo", "eprop"):
+        learner = learners.make(name, cell=cell, input_size=IN, output_size=OUT, objective=SE,
+                                optimizer=optax.sgd(lr), feedback=feedback)
+        state = _start(learner, jax.random.PRNGKey(4))
+        xs, ys = _stream(jax.random.PRNGKey(5), T)
+        runs[name] = (state, *jax.jit(lambda s, learner=learner: scan_learner(learner, s, xs, ys))(state))
+    state, final, infos = runs["rflo"]
+    b = None if feedback == "readout" else np.asarray(state.trace.feedback)
+    if b is not None:
+        assert b.shape == (3, OUT) and np.all(final.trace.feedback == state.trace.feedback)  # fixed, not trained
+    preds, grads, params = _rflo_reference(state.params, b, xs, ys, tau, lr)
+    np.testing.assert_allclose(infos.prediction, preds, rtol=1e-9, atol=1e-12)
+    for t in range(T):
+        _close(jax.tree.map(lambda g: g[t], infos.grads), _as_elman(grads[t]), f"gradient at step {t}")
+    _close(final.params, _as_elman(params), "final parameters")
+    assert max_rel_err(final.params["cell"], state.params["cell"]) > 1e-3  # the cell did learn
+    _, e_final, e_infos = runs["eprop"]
+    assert max_rel_err(e_infos.grads, infos.grads) < 1e-9 and max_rel_err(e_final.params, final.params) < 1e-9
+
+
+def test_random_feedback_takes_the_readouts_path_through_the_feature_normalisation(x64):
+    """The step sends the feedback B dy through the online feature normalisation as it sends W_out^T dy: with
+    B set to W_out^T and a readout that does not move (zero step size), random-feedback RFLO's gradients equal
+    symmetric RFLO's at every step, with normalised features (whose statistics change every step)."""
+    T = 6
+    options = learners.Options(normalise_features=0.9)
+    xs, ys = _stream(jax.random.PRNGKey(19), T)
+    grads = {}
+    for feedback in ("random", "readout"):
+        learner = learners.rflo(cells.leaky_elman(3, 2.0), IN, OUT, SE, optax.sgd(0.0), feedback=feedback,
+                                options=options)
+        state = _start(learner, jax.random.PRNGKey(20))
+        if feedback == "random":
+            state = state._replace(trace=state.trace._replace(feedback=state.params["readout"]["w"].T))
+        grads[feedback] = jax.jit(lambda s, learner=learner: scan_learner(learner, s, xs, ys))(state)[1].grads
+    assert max_rel_err(grads["random"], grads["readout"]) < 1e-9
+    assert float(jnp.min(jnp.max(jnp.abs(grads["readout"]["cell"].w_x), axis=(1, 2, 3)))) > 0.0
+
+
+def _eprop_lstm_reference(params, feedback_matrix, xs, ys, lr):
+    """e-prop for an LSTM as in Bellec et al. (2020), Methods, written out in numpy, with SGD on every weight.
+    Hidden state c_j, observable output h_j = o_j tanh(c_j); presynaptic vector a = [h_{t-1}, x_t, 1]. For the
+    rows of the input, forget and candidate gates the eligibility vectors follow d c_t / d c_{t-1} = f_t::
+
+        eps_i <- f eps_i + g i (1 - i) a,   eps_f <- f eps_f + c_{t-1} f (1 - f) a,   eps_g <- f eps_g + i (1 - g^2) a
+
+    the eligibility traces are e = o (1 - tanh(c)^2) eps, and the output gate's is immediate,
+    e_o = tanh(c) o (1 - o) a. Gradient: L_j e_j with L = B err (random) or W_out^T err (symmetric)."""
+    cell, ro = _np(params["cell"]), _np(params["readout"])
+    n = cell.b.shape[0]
+    w = np.concatenate([cell.w_h, cell.w_x, cell.b[:, :, None]], axis=-1)  # (n, 4, n + IN + 1): rows per gate
+    p = {"w": w, "wo": ro["w"], "bo": ro["b"]}
+    h, c = np.zeros(n), np.zeros(n)
+    eps = np.zeros_like(w[:, :3])  # input, forget, candidate (gate order i, f, o, g: indices 0, 1, 3)
+    preds, grads = [], []
+    for x, target in zip(np.asarray(xs), np.asarray(ys)):
+        a = np.concatenate([h, x, [1.0]])
+        z = p["w"] @ a  # (n, 4)
+        i, f, o, g = _sigmoid(z[:, 0]), _sigmoid(z[:, 1]), _sigmoid(z[:, 2]), np.tanh(z[:, 3])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        eps = f[:, None, None] * eps + np.stack([g * i * (1 - i), c * f * (1 - f), i * (1 - g**2)], 1)[..., None] * a
+        e = np.empty_like(w)
+        e[:, [0, 1, 3]] = (o * (1 - np.tanh(c_new) ** 2))[:, None, None] * eps
+        e[:, 2] = (np.tanh(c_new) * o * (1 - o))[:, None] * a
+        y = p["wo"] @ h_new + p["bo"]
+        err = y - target
+        signal = p["wo"].T @ err if feedback_matrix is None else feedback_matrix @ err
+        gr = {"w": signal[:, None, None] * e, "wo": np.outer(err, h_new), "bo": err}
+        preds.append(y)
+        grads.append(gr)
+        p = _sgd(p, gr, lr)
+        h, c = h_new, c_new
+    return np.array(preds), grads, p
+
+
+def _as_lstm(g, n):
+    w = g["w"]
+    return {"cell": cells.LSTMParams(w_x=w[..., n:-1], w_h=w[..., :n], b=w[..., -1]),
+            "readout": {"w": g["wo"], "b": g["bo"]}}
+
+
+@pytest.mark.parametrize("feedback", ["random", "readout"])
+def test_eprop_equals_the_papers_lstm_formulas(x64, feedback):
+    """While learning (SGD, 9 steps) e-prop on lstm(3) gives the predictions, gradients and parameters of the
+    paper's formulas (``_eprop_lstm_reference``), rtol 1e-9, with symmetric and with random feedback."""
+    T, lr, n = 9, 0.05, 3
+    learner = learners.eprop(cells.lstm(n), IN, OUT, SE, optax.sgd(lr), feedback=feedback)
+    state = _start(learner, jax.random.PRNGKey(6))
+    xs, ys = _stream(jax.random.PRNGKey(7), T)
+    final, infos = jax.jit(lambda s: scan_learner(learner, s, xs, ys))(state)
+    b = None if feedback == "readout" else np.asarray(state.trace.feedback)
+    preds, grads, params = _eprop_lstm_reference(state.params, b, xs, ys, lr)
+    np.testing.assert_allclose(infos.prediction, preds, rtol=1e-9, atol=1e-12)
+    for t in range(T):
+        _close(jax.tree.map(lambda g: g[t], infos.grads), _as_lstm(grads[t], n), f"gradient at step {t}")
+    _close(final.params, _as_lstm(params, n), "final parameters")
+    assert max_rel_err(final.params["cell"], state.params["cell"]) > 1e-3
+
+
+def _no_self_weights(params):
+    """True everywhere but on the self-recurrent weights W_h[i, :, i]."""
+    n = params["cell"].w_h.shape[0]
+    mask = jax.tree.map(lambda a: jnp.ones(a.shape, bool), params)
+    off = ~jnp.eye(n, dtype=bool)[:, None, :]
+    mask["cell"] = mask["cell"]._replace(w_h=jnp.broadcast_to(off, params["cell"].w_h.shape))
+    return mask
+
+
+@pytest.mark.parametrize("self_weights", [False, True])
+def test_eprop_is_snap1_without_the_path_through_a_units_own_output(x64, self_weights):
+    """The relation, with symmetric feedback: e-prop's recursion is SnAp-1's with the path of unit j's carry
+    through its own output h_j(t-1) and self-recurrent weights W_h[j, :, j] dropped. So on an LSTM whose
+    self-recurrent weights are zero (and kept zero: their updates are masked) e-prop equals SnAp-1 while learning
+    (predictions, gradients, parameters, rtol 1e-9); with self-recurrent weights the two differ, and only in
+    what reaches the past through them (the first step, with no past, agrees)."""
+    T, lr = 8, 0.05
+    cell = cells.lstm(3)
+    probe = learners.snap1(cell, IN, OUT, SE, optax.sgd(0.0))
+    params = _start(probe, jax.random.PRNGKey(8)).params
+    mask = _no_self_weights(params)
+    if not self_weights:
+        params["cell"] = params["cell"]._replace(w_h=params["cell"].w_h * mask["cell"].w_h)
+    opt = optax.chain(optax.stateless(lambda g, p=None: jax.tree.map(lambda a, m: jnp.where(m, a, 0.0), g, mask)),
+                      optax.sgd(lr))
+    xs, ys = _stream(jax.random.PRNGKey(9), T)
+    runs = {}
+    for name in ("eprop", "snap1"):
+        learner = learners.make(name, cell=cell, input_size=IN, output_size=OUT, objective=SE, optimizer=opt)
+        state = learner.init(jax.random.PRNGKey(10))._replace(params=params)
+        runs[name] = jax.jit(lambda s, learner=learner: scan_learner(learner, s, xs, ys))(state)
+    (e_final, e_infos), (s_final, s_infos) = runs["eprop"], runs["snap1"]
+    first = jax.tree.map(lambda g: g[0], (e_infos.grads, s_infos.grads))
+    assert max_rel_err(*first) < 1e-9
+    if not self_weights:
+        np.testing.assert_allclose(e_infos.prediction, s_infos.prediction, rtol=1e-9, atol=1e-12)
+        assert max_rel_err(e_infos.grads, s_infos.grads) < 1e-9
+        assert max_rel_err(e_final.params, s_final.params) < 1e-9
+        assert max_rel_err(e_final.params["cell"], params["cell"]) > 1e-3
+    else:
+        assert max_rel_err(e_infos.grads["cell"], s_infos.grads["cell"]) > 1e-3
+
+
+def test_leaky_elman_with_tau_1_is_elman(x64):
+    params = randomise(cells.elman(3).init(jax.random.PRNGKey(15), IN), jax.random.PRNGKey(16))
+    carry, x = jax.random.normal(jax.random.PRNGKey(17), (3,)), jax.random.normal(jax.random.PRNGKey(18), (IN,))
+    _close(cells.leaky_elman(3, 1.0).apply(params, carry, x), cells.elman(3).apply(params, carry, x), "tau = 1")
+    leaky = cells.leaky_elman(3, 4.0).apply(params, carry, x)[1]
+    _close(leaky, 0.75 * carry + 0.25 * cells.elman(3).apply(params, carry, x)[1], "tau = 4")
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+_COMPILES: list = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *a, **k: _COMPILES.append(name) if "backend_compile" in name else None)
+
+
+def test_bad_input_is_one_line_before_compiling():
+    kw = dict(input_size=IN, output_size=1, objective=SE, optimizer=optax.sgd(0.1))
+    cases = [
+        (lambda: cells.leaky_elman(3, tau=0.5), r"tau must be a number >= 1 \(the time constant in steps\), got 0.5"),
+        (lambda: learners.rflo(cells.lstm(2), **kw), r"rflo needs a leaky Elman cell .* got 'lstm'; eprop takes"),
+        (lambda: learners.rflo(cells.leaky_elman(2, 2.0), **kw, feedback="rand"),
+         r"feedback: unknown 'rand'; allowed: readout, random"),
+        (lambda: learners.eprop(cells.lru(2), **kw), r"eprop needs a cell with per-unit structure .* 'lru' has none"),
+    ]
+    _COMPILES.clear()
+    for build, expected in cases:
+        with pytest.raises(ValueError, match=expected) as err:
+            build()
+        assert "\n" not in str(err.value)
+    assert _COMPILES == []

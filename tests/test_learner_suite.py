@@ -28,6 +28,7 @@ SHAPE_KWARGS = {
     "constructive": [{"n_units": 3, "steps_per_stage": 3}],
     "hybrid": [{"n_units": 4, "units_per_stage": 2, "steps_per_stage": 3,
                 "options": learners.Options(normalise_inputs=0.99, normalise_features=0.99, readout_step_scale=True)}],
+    "kf_rtrl": [{"cell": "leaky_elman"}],
     "rflo": [{"cell": "leaky_elman", "options": learners.Options(normalise_features=0.99)}],  # random feedback
     "eprop": [{"feedback": "random", "cell": "leaky_elman"}],
 }

@@ -21,6 +21,7 @@ from online_rnn.learners.base import (
 from online_rnn.learners.columnar import columnar, stack_columns, vmap_credit
 from online_rnn.learners.eprop import EpropTrace, eprop, eprop_credit
 from online_rnn.learners.hybrid import HybridTrace, constructive, hybrid
+from online_rnn.learners.kf_rtrl import KFTrace, kf_rtrl, kf_rtrl_credit
 from online_rnn.learners.rflo import RFLOTrace, rflo, rflo_credit
 from online_rnn.learners.rtrl import RTRLTrace, rtrl, rtrl_credit
 from online_rnn.learners.snap1 import SnAp1Trace, snap1, snap1_credit
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, Callable[..., Learner]] = {
     "columnar": columnar,
     "constructive": constructive,
     "hybrid": hybrid,
+    "kf_rtrl": kf_rtrl,
     "rflo": rflo,
     "eprop": eprop,
 }
@@ -63,6 +65,7 @@ def make(name: str, **kwargs: Any) -> Learner:
 __all__ = [
     "EpropTrace",
     "HybridTrace",
+    "KFTrace",
     "RFLOTrace",
     "SnAp1Trace",
     "UOROTrace",
@@ -71,6 +74,8 @@ __all__ = [
     "eprop",
     "eprop_credit",
     "hybrid",
+    "kf_rtrl",
+    "kf_rtrl_credit",
     "rflo",
     "rflo_credit",
     "snap1",

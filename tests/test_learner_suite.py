@@ -31,6 +31,7 @@ SHAPE_KWARGS = {
     "kf_rtrl": [{"cell": "leaky_elman"}],
     "rflo": [{"cell": "leaky_elman", "options": learners.Options(normalise_features=0.99)}],  # random feedback
     "eprop": [{"feedback": "random", "cell": "leaky_elman"}],
+    "snap": [{"n": 2, "cell": "sparse"}],
 }
 
 CASES = [(name, kw) for name in learners.names() for kw in SHAPE_KWARGS.get(name, [None])]
@@ -51,6 +52,7 @@ CELLS = {
     "stack": lambda: cells.stack([cells.lru(2), cells.rtu(1, activation="tanh")]),
     "flax_lstm1": lambda: _flax("LSTMCell", 1),
     "leaky_elman": lambda: cells.leaky_elman(2, tau=2.0),
+    "sparse": lambda: cells.sparse(cells.gru(3), mask=[[1, 0, 1], [1, 1, 0], [0, 1, 1]]),  # a ring, diameter 2
 }
 CELL_CASES = [
     ("snap1", {"cell": "stack"}),

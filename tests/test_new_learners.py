@@ -1,4 +1,4 @@
-"""KF-RTRL, RFLO and e-prop against their definitions (float64).
+"""KF-RTRL, RFLO, e-prop and SnAp-n against their definitions (float64).
 
 * KF-RTRL: the mean of its gradient estimates converges to RTRL's gradient like 1/sqrt(N), and their variance is
   below UORO's on the same network.
@@ -6,6 +6,8 @@
   feedbacks); it equals the generic e-prop path on leaky units.
 * e-prop: equals the paper's LSTM formulas written out here (both feedbacks); with symmetric feedback it equals
   SnAp-1 on a network without self-recurrent weights and differs from it with them.
+* SnAp-n: equals RTRL's recursion with the entries outside the n-step pattern zeroed after every update, for
+  every n, on a sparse network; equals RTRL once n - 1 reaches the diameter of the network.
 """
 
 import jax
@@ -302,6 +304,99 @@ def test_eprop_is_snap1_without_the_path_through_a_units_own_output(x64, self_we
         assert max_rel_err(e_infos.grads["cell"], s_infos.grads["cell"]) > 1e-3
 
 
+# ------------------------------------------------------------------------------------------------- SnAp-n
+
+RING = 4  # units on a directed ring: unit i reads itself and unit i - 1, so unit j reaches unit i in (i - j) % 4 hops
+
+
+def _ring_cell():
+    mask = [[j in (i, (i - 1) % RING) for j in range(RING)] for i in range(RING)]
+    return cells.sparse(cells.lstm(RING), mask=mask)
+
+
+def _units_of(tree):
+    """The unit of every entry of ravel_pytree(tree) (leaf[i] belongs to unit i)."""
+    return np.concatenate([np.repeat(np.arange(a.shape[0]), a.size // a.shape[0]) for a in jax.tree.leaves(tree)])
+
+
+def test_snap_n_is_rtrl_with_the_entries_outside_its_pattern_zeroed(x64):
+    """On a sparse LSTM whose 4 units form a directed ring (diameter 3), for n = 1..4: SnAp-n's influence after
+    every step equals RTRL's recursion J_t = M_n o (D_t + A_t J_{t-1}) with full Jacobians from autodiff, where
+    M_n keeps d s_i / d theta_j for units i, j with i reachable from j in at most n - 1 hops (hops counted here
+    on the ring, independently of the library), and its gradient is (d L_t / d s_t) M_n o J_t, rtol 1e-9. At
+    n = 4 = diameter + 1 the mask keeps everything and SnAp-n is RTRL; at n = 3 it is not."""
+    T = 6
+    cell = _ring_cell()
+    xs, ys = _stream(jax.random.PRNGKey(11), T)
+    runs = {}
+    for n in range(1, RING + 1):
+        learner = learners.snap(cell, IN, OUT, SE, optax.sgd(0.0), n=n)
+        state = _start(learner, jax.random.PRNGKey(12))
+
+        def body(s, xy, learner=learner):
+            s, info = learner.step(s, *xy)
+            return s, (info.grads["cell"], s.trace.influence)
+
+        runs[n] = jax.jit(lambda s, body=body: jax.lax.scan(body, s, (xs, ys))[1])(state)
+    params = state.params  # the same for every n (same key, zero step size)
+    theta, unravel_theta = ravel_pytree(params["cell"])
+    carry = cell.initial_carry(params["cell"])
+    s, unravel_s = ravel_pytree(carry)
+    unit_s, unit_p = _units_of(carry), _units_of(params["cell"])
+    hops = (unit_s[:, None] - unit_p[None, :]) % RING
+    w_out, b_out = np.asarray(params["readout"]["w"]), np.asarray(params["readout"]["b"])
+    masked = {n: np.zeros((s.size, theta.size)) for n in runs}
+    full = np.zeros((s.size, theta.size))
+    for t in range(T):
+        def f(th, s_):
+            return ravel_pytree(cell.apply(unravel_theta(th), unravel_s(s_), xs[t])[0])[0]
+
+        a = np.asarray(jax.jacfwd(f, argnums=1)(theta, s))
+        d = np.asarray(jax.jacrev(f, argnums=0)(theta, s))
+        s = f(theta, s)
+        full = d + a @ full
+        h = np.asarray(unravel_s(s).h)
+        ds = np.concatenate([w_out.T @ (w_out @ h + b_out - np.asarray(ys[t])), np.zeros(RING)])  # loss reads h
+        for n in runs:
+            masked[n] = (hops <= n - 1) * (d + a @ masked[n])
+            grads, influence = runs[n]
+            np.testing.assert_allclose(influence[t], masked[n], rtol=1e-9, atol=1e-12, err_msg=f"n={n}, t={t}")
+            np.testing.assert_allclose(ravel_pytree(jax.tree.map(lambda g: g[t], grads))[0], ds @ masked[n],
+                                       rtol=1e-9, atol=1e-12, err_msg=f"n={n}, t={t}")
+    np.testing.assert_allclose(masked[RING], full, rtol=1e-12, atol=1e-15)
+    assert np.max(np.abs(masked[RING - 1] - full)) > 1e-6  # n = diameter drops entries RTRL has
+    for n in range(1, RING):  # each n keeps strictly more than n - 1
+        assert np.max(np.abs(masked[n + 1] - masked[n])) > 1e-6
+
+
+@pytest.mark.parametrize("case", ["ring-n4", "dense-n2"])
+def test_snap_n_is_rtrl_once_n_covers_the_diameter(x64, case):
+    """Once n - 1 >= the diameter of the network's connectivity, SnAp-n equals RTRL while learning (predictions,
+    gradients, parameters, rtol 1e-9): n = 4 on the ring above (diameter 3), n = 2 on a dense lstm(3)
+    (diameter 1)."""
+    T, lr = 8, 0.05
+    cell, n = (_ring_cell(), RING) if case == "ring-n4" else (cells.lstm(3), 2)
+    xs, ys = _stream(jax.random.PRNGKey(13), T)
+    runs = {}
+    for name, kw in (("snap", {"n": n}), ("rtrl", {})):
+        learner = learners.make(name, cell=cell, input_size=IN, output_size=OUT, objective=SE,
+                                optimizer=optax.sgd(lr), **kw)
+        state = _start(learner, jax.random.PRNGKey(14))
+        runs[name] = jax.jit(lambda s, learner=learner: scan_learner(learner, s, xs, ys))(state)
+    (s_final, s_infos), (r_final, r_infos) = runs["snap"], runs["rtrl"]
+    np.testing.assert_allclose(s_infos.prediction, r_infos.prediction, rtol=1e-9, atol=1e-12)
+    assert max_rel_err(s_infos.grads, r_infos.grads) < 1e-9
+    assert max_rel_err(s_final.params, r_final.params) < 1e-9
+    assert max_rel_err(s_final.params["cell"], state.params["cell"]) > 1e-3
+    if case == "ring-n4":  # the sparse cell: weights outside its mask get no gradient (randomised here, they stay
+        # as they were, doing nothing) and are not counted as parameters
+        absent = ~np.asarray(cell.connectivity)[:, None, :].repeat(4, axis=1)  # (n, gates, n)
+        assert np.all(np.asarray(r_infos.grads["cell"].w_h)[:, absent] == 0.0)
+        assert np.all(np.asarray(r_final.params["cell"].w_h)[absent] == np.asarray(state.params["cell"].w_h)[absent])
+        stored = sum(a.size for a in jax.tree.leaves(state.params))
+        assert learner.n_params == stored - int(absent.sum()) == stored - 4 * 8
+
+
 def test_leaky_elman_with_tau_1_is_elman(x64):
     params = randomise(cells.elman(3).init(jax.random.PRNGKey(15), IN), jax.random.PRNGKey(16))
     carry, x = jax.random.normal(jax.random.PRNGKey(17), (3,)), jax.random.normal(jax.random.PRNGKey(18), (IN,))
@@ -319,15 +414,26 @@ jax.monitoring.register_event_duration_secs_listener(
 
 
 def test_bad_input_is_one_line_before_compiling():
+    import flax.linen as nn
+
     kw = dict(input_size=IN, output_size=1, objective=SE, optimizer=optax.sgd(0.1))
     cases = [
         (lambda: cells.leaky_elman(3, tau=0.5), r"tau must be a number >= 1 \(the time constant in steps\), got 0.5"),
+        (lambda: cells.sparse(cells.elman(3), density=1.5), r"density must be a number in \[0, 1\]"),
+        (lambda: cells.sparse(cells.elman(3), mask=[[1, 0], [0, 1]]), r"mask must be an \(3, 3\) array of booleans"),
+        (lambda: cells.sparse(cells.elman(3), density=0.5, mask=np.eye(3)), r"give density or mask, not both"),
+        (lambda: cells.sparse(cells.lru(2), density=0.5), r"cell: sparse needs a gated cell .* got 'lru'"),
+        (lambda: cells.sparse({"name": "elman", "hiden_size": 3}, density=0.5), r"unknown argument 'hiden_size'"),
         (lambda: learners.kf_rtrl(cells.gru(2), **kw),
          r"kf_rtrl needs a cell whose gates read W_x x \+ W_h h \+ b as one sum .* got 'gru'"),
         (lambda: learners.rflo(cells.lstm(2), **kw), r"rflo needs a leaky Elman cell .* got 'lstm'; eprop takes"),
         (lambda: learners.rflo(cells.leaky_elman(2, 2.0), **kw, feedback="rand"),
          r"feedback: unknown 'rand'; allowed: readout, random"),
         (lambda: learners.eprop(cells.lru(2), **kw), r"eprop needs a cell with per-unit structure .* 'lru' has none"),
+        (lambda: learners.snap(cells.lstm(2), **kw, n=0), r"n must be a positive int"),
+        (lambda: learners.snap(cells.flax(nn.GRUCell(2)), **kw, n=2),
+         r"snap needs a cell with unit-major parameters .* 'flax_GRUCell' is not one"),
+        (lambda: learners.snap(cells.stack([cells.elman(2), cells.lru(2)]), **kw, n=2), r"snap needs .* a stack only"),
     ]
     _COMPILES.clear()
     for build, expected in cases:

@@ -24,6 +24,7 @@ from online_rnn.learners.hybrid import HybridTrace, constructive, hybrid
 from online_rnn.learners.kf_rtrl import KFTrace, kf_rtrl, kf_rtrl_credit
 from online_rnn.learners.rflo import RFLOTrace, rflo, rflo_credit
 from online_rnn.learners.rtrl import RTRLTrace, rtrl, rtrl_credit
+from online_rnn.learners.snap import SnApTrace, snap, snap_credit
 from online_rnn.learners.snap1 import SnAp1Trace, snap1, snap1_credit
 from online_rnn.learners.tbptt import TBPTTTrace, bptt, tbptt
 from online_rnn.learners.uoro import UOROTrace, uoro, uoro_credit
@@ -40,6 +41,7 @@ _REGISTRY: dict[str, Callable[..., Learner]] = {
     "kf_rtrl": kf_rtrl,
     "rflo": rflo,
     "eprop": eprop,
+    "snap": snap,
 }
 
 
@@ -67,6 +69,7 @@ __all__ = [
     "HybridTrace",
     "KFTrace",
     "RFLOTrace",
+    "SnApTrace",
     "SnAp1Trace",
     "UOROTrace",
     "columnar",
@@ -78,6 +81,8 @@ __all__ = [
     "kf_rtrl_credit",
     "rflo",
     "rflo_credit",
+    "snap",
+    "snap_credit",
     "snap1",
     "snap1_credit",
     "stack_columns",

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from online_rnn import checks, prng, streaming
+from online_rnn import cells, checks, prng, streaming
 from online_rnn.cells import Cell
 from online_rnn.objectives import Objective
 
@@ -380,7 +380,7 @@ def build(
 
     if n_params is None:
         shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-        n_params = param_count(shapes.params)
+        n_params = param_count(shapes.params) - cells.absent_weights(cell)
     return Learner(init=init, step=step, name=name, input_size=input_size, output_size=output_size,
                    n_params=n_params, path=credit.path)
 

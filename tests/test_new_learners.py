@@ -2,7 +2,7 @@
 
 * KF-RTRL: the mean of its gradient estimates converges to RTRL's gradient like 1/sqrt(N), and their variance is
   below UORO's on the same network.
-* RFLO: its traces, gradients and parameters equal the closed-form rule written out here in numpy (both
+* RFLO: its predictions, gradients and parameters equal the closed-form rule written out here in numpy (both
   feedbacks); it equals the generic e-prop path on leaky units.
 * e-prop: equals the paper's LSTM formulas written out here (both feedbacks); with symmetric feedback it equals
   SnAp-1 on a network without self-recurrent weights and differs from it with them.
@@ -40,6 +40,7 @@ def _np(tree):
 
 
 def _close(got, want, what):
+    assert jax.tree.structure(got) == jax.tree.structure(want), what
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-12, err_msg=what)
 
@@ -270,38 +271,38 @@ def _no_self_weights(params):
     return mask
 
 
-@pytest.mark.parametrize("self_weights", [False, True])
-def test_eprop_is_snap1_without_the_path_through_a_units_own_output(x64, self_weights):
+def test_eprop_is_snap1_without_the_path_through_a_units_own_output(x64):
     """The relation, with symmetric feedback: e-prop's recursion is SnAp-1's with the path of unit j's carry
     through its own output h_j(t-1) and self-recurrent weights W_h[j, :, j] dropped. So on an LSTM whose
     self-recurrent weights are zero (and kept zero: their updates are masked) e-prop equals SnAp-1 while learning
-    (predictions, gradients, parameters, rtol 1e-9); with self-recurrent weights the two differ, and only in
-    what reaches the past through them (the first step, with no past, agrees)."""
+    (predictions, gradients, parameters, rtol 1e-9); on the same LSTM with self-recurrent weights the two
+    differ, and only in what reaches the past through them (the first step, with no past, agrees)."""
     T, lr = 8, 0.05
     cell = cells.lstm(3)
     probe = learners.snap1(cell, IN, OUT, SE, optax.sgd(0.0))
-    params = _start(probe, jax.random.PRNGKey(8)).params
-    mask = _no_self_weights(params)
-    if not self_weights:
-        params["cell"] = params["cell"]._replace(w_h=params["cell"].w_h * mask["cell"].w_h)
+    with_self = _start(probe, jax.random.PRNGKey(8)).params
+    mask = _no_self_weights(with_self)
+    without = {**with_self, "cell": with_self["cell"]._replace(w_h=with_self["cell"].w_h * mask["cell"].w_h)}
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), without, with_self)  # network 0: no self weights
     opt = optax.chain(optax.stateless(lambda g, p=None: jax.tree.map(lambda a, m: jnp.where(m, a, 0.0), g, mask)),
                       optax.sgd(lr))
     xs, ys = _stream(jax.random.PRNGKey(9), T)
     runs = {}
     for name in ("eprop", "snap1"):
         learner = learners.make(name, cell=cell, input_size=IN, output_size=OUT, objective=SE, optimizer=opt)
-        state = learner.init(jax.random.PRNGKey(10))._replace(params=params)
-        runs[name] = jax.jit(lambda s, learner=learner: scan_learner(learner, s, xs, ys))(state)
+        run = lambda p, learner=learner: scan_learner(learner, learner.init(jax.random.PRNGKey(10))._replace(
+            params=p, opt_state=opt.init(p)), xs, ys)
+        runs[name] = jax.jit(jax.vmap(run))(both)
     (e_final, e_infos), (s_final, s_infos) = runs["eprop"], runs["snap1"]
-    first = jax.tree.map(lambda g: g[0], (e_infos.grads, s_infos.grads))
-    assert max_rel_err(*first) < 1e-9
-    if not self_weights:
-        np.testing.assert_allclose(e_infos.prediction, s_infos.prediction, rtol=1e-9, atol=1e-12)
-        assert max_rel_err(e_infos.grads, s_infos.grads) < 1e-9
-        assert max_rel_err(e_final.params, s_final.params) < 1e-9
-        assert max_rel_err(e_final.params["cell"], params["cell"]) > 1e-3
-    else:
-        assert max_rel_err(e_infos.grads["cell"], s_infos.grads["cell"]) > 1e-3
+    net = [jax.tree.map(lambda a, i=i: a[i], (e_final.params, e_infos, s_final.params, s_infos)) for i in (0, 1)]
+    e_params, e_inf, s_params, s_inf = net[0]
+    np.testing.assert_allclose(e_inf.prediction, s_inf.prediction, rtol=1e-9, atol=1e-12)
+    assert max_rel_err(e_inf.grads, s_inf.grads) < 1e-9
+    assert max_rel_err(e_params, s_params) < 1e-9
+    assert max_rel_err(e_params["cell"], without["cell"]) > 1e-3
+    _, e_inf, _, s_inf = net[1]
+    assert max_rel_err(*jax.tree.map(lambda g: g[0], (e_inf.grads, s_inf.grads))) < 1e-9
+    assert max_rel_err(e_inf.grads["cell"], s_inf.grads["cell"]) > 1e-3
 
 
 # ------------------------------------------------------------------------------------------------- SnAp-n
@@ -347,13 +348,16 @@ def test_snap_n_is_rtrl_with_the_entries_outside_its_pattern_zeroed(x64):
     w_out, b_out = np.asarray(params["readout"]["w"]), np.asarray(params["readout"]["b"])
     masked = {n: np.zeros((s.size, theta.size)) for n in runs}
     full = np.zeros((s.size, theta.size))
-    for t in range(T):
-        def f(th, s_):
-            return ravel_pytree(cell.apply(unravel_theta(th), unravel_s(s_), xs[t])[0])[0]
+    @jax.jit
+    def jacobians(s_, x):  # the step's carry map, its Jacobians in the carry (A_t) and the parameters (D_t)
+        def f(th, c):
+            return ravel_pytree(cell.apply(unravel_theta(th), unravel_s(c), x)[0])[0]
 
-        a = np.asarray(jax.jacfwd(f, argnums=1)(theta, s))
-        d = np.asarray(jax.jacrev(f, argnums=0)(theta, s))
-        s = f(theta, s)
+        return f(theta, s_), jax.jacfwd(f, argnums=1)(theta, s_), jax.jacrev(f, argnums=0)(theta, s_)
+
+    for t in range(T):
+        s, a, d = jacobians(s, xs[t])
+        a, d = np.asarray(a), np.asarray(d)
         full = d + a @ full
         h = np.asarray(unravel_s(s).h)
         ds = np.concatenate([w_out.T @ (w_out @ h + b_out - np.asarray(ys[t])), np.zeros(RING)])  # loss reads h

@@ -88,7 +88,7 @@ def rflo_credit(cell: Cell, feedback: str = "random") -> Credit:
 
     return Credit(init, forward, backward,
                   feedback=random_feedback if feedback == "random" else None,
-                  path="rflo: elementwise leaky eligibility traces (learners/rflo.py)")
+                  path="fast: elementwise leaky eligibility traces (learners/rflo.py)")
 
 
 def rflo(

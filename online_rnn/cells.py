@@ -8,9 +8,10 @@ Every cell is a :class:`Cell` of three pure functions::
 
 There is no batch axis inside a cell: batches, seeds and columns come from ``jax.vmap``.
 
-Cells here: the gated cells ``elman``, ``lstm``, ``gru``; the diagonal (complex-valued, stored as real pairs)
-cells ``lru`` (Orvieto et al. 2023) and ``rtu`` (Elelimy et al. 2024); ``stack`` of layers; ``flax``, which
-wraps any ``flax.linen`` recurrent cell.
+Cells here: the gated cells ``elman``, ``leaky_elman``, ``lstm``, ``gru``, and ``sparse``, any of them with a fixed
+sparse recurrent connectivity; the diagonal (complex-valued, stored as real pairs) cells ``lru`` (Orvieto et al.
+2023) and ``rtu`` (Elelimy et al. 2024); ``stack`` of layers; ``flax``, which wraps any ``flax.linen`` recurrent
+cell.
 
 Layout. Parameters are *unit-major*: every leaf has the unit axis first, so ``leaf[i]`` holds exactly the
 parameters that belong to unit ``i`` (its rows of the gate matrices and its biases), and the second axis of a
@@ -67,6 +68,9 @@ class Cell(NamedTuple):
     and ``output`` ``None`` and ``output_fields`` empty.
 
     ``layers`` is set by :func:`stack`: the cells of its layers, in order (empty for every other cell).
+
+    ``connectivity`` is set by :func:`sparse`: an ``(n, n)`` numpy bool array, ``[i, j]`` true where unit ``i``
+    reads unit ``j``'s previous output (``None``: a gated cell's units read every unit, a diagonal cell's none).
     """
 
     init: Callable[[jax.Array, int], Params]
@@ -82,6 +86,7 @@ class Cell(NamedTuple):
     output: Optional[Callable[[Params, Carry, jax.Array], jax.Array]] = None
     output_fields: tuple[str, ...] = ()
     layers: tuple["Cell", ...] = ()
+    connectivity: Optional[np.ndarray] = None
 
 
 class ElmanParams(NamedTuple):
@@ -200,6 +205,35 @@ def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
         return jnp.tanh(zx[0] + zh[0])
 
     return _gated("elman", n, 1, init, initial_carry, pointwise, lambda h_i: h_i)
+
+
+def leaky_elman(hidden_size: int, tau: float, init_range: Optional[float] = None) -> Cell:
+    """Leaky Elman RNN with time constant ``tau`` (in steps), the network of Murray's RFLO (Murray, "Local online
+    learning in recurrent networks with random feedback", eLife 2019; his example code, the ``rflo-learning``
+    repository, steps ``h_{t+1} = h_t + (-h_t + tanh(u_{t+1})) / tau``)::
+
+        h_t = (1 - 1/tau) h_{t-1} + (1/tau) tanh(W_x x_t + W_h h_{t-1} + b)
+
+    ``tau >= 1``; ``tau = 1`` is :func:`elman`. Parameters and initialisation as :func:`elman` (``ElmanParams``).
+    """
+    n = _check_size("hidden_size", hidden_size)
+    _check_range(init_range)
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 1:
+        raise ValueError(f"tau must be a number >= 1 (the time constant in steps), got {tau!r}")
+    alpha = 1.0 / float(tau)
+
+    def init(key: jax.Array, input_size: int) -> ElmanParams:
+        _check_size("input_size", input_size)
+        w_x, w_h, b = _init_weights(key, n, 1, input_size, init_range)
+        return ElmanParams(w_x=w_x, w_h=w_h, b=b)
+
+    def initial_carry(params: ElmanParams) -> jax.Array:
+        return jnp.zeros((n,), params.b.dtype)
+
+    def pointwise(p: ElmanParams, zx: jax.Array, zh: jax.Array, h_i: jax.Array) -> jax.Array:
+        return (1.0 - alpha) * h_i + alpha * jnp.tanh(zx[0] + zh[0])
+
+    return _gated("leaky_elman", n, 1, init, initial_carry, pointwise, lambda h_i: h_i)
 
 
 def lstm(hidden_size: int, forget_bias: float = 1.0, init_range: Optional[float] = None) -> Cell:
@@ -526,6 +560,80 @@ def stack(layers: Sequence[Any]) -> Cell:
     return Cell(init, initial_carry, apply, cells[-1].hidden_size, 0, name, layers=cells)
 
 
+# -------------------------------------------------------------------------------------------------- sparse
+
+
+def sparse(cell: Any, density: Optional[float] = None, seed: int = 0, mask: Any = None) -> Cell:
+    """A gated cell (elman, leaky_elman, lstm, gru) with a fixed sparse recurrent connectivity: unit ``i`` reads
+    unit ``j``'s previous output only where ``mask[i, j]``, for every gate. The recurrent weights outside the mask
+    are zero at init and multiplied by zero in every step, so no learner can change what they do (their gradient
+    is zero) and they are not counted as parameters. The mask is ``cell.connectivity``, from which SnAp-n
+    computes its influence pattern (Menick et al. 2021 use such fixed sparse networks).
+
+    ``cell`` is a gated :class:`Cell` or a cell dict (``{"name": "elman", "hidden_size": 8}``, for YAML).
+    Either ``density``: each connection between two different units is kept with that probability (a fixed
+    draw from ``numpy.random.default_rng(seed)``, the same for every run), every unit keeps its own; or
+    ``mask``: an explicit ``(n, n)`` array of booleans.
+
+    The per-unit forms (``unit_apply``, ``pointwise``) are not exposed, since they would read the dense weights:
+    the learners that differentiate the whole step take it (rtrl, uoro, tbptt, bptt, snap with ``n >= 2``);
+    ``unit_output`` is the wrapped cell's.
+    """
+    if isinstance(cell, dict):
+        if "name" not in cell:
+            raise ValueError("cell: a cell dict needs a name, e.g. {name: elman, hidden_size: 8}")
+        kwargs = {k: v for k, v in cell.items() if k != "name"}
+        factory = _CELLS.get(cell["name"])
+        allowed = list(inspect.signature(factory).parameters) if factory is not None else list(kwargs)
+        unknown = [k for k in kwargs if k not in allowed]
+        if unknown:
+            raise ValueError(f"cell: unknown argument {unknown[0]!r} for {cell['name']}; allowed: {', '.join(allowed)}")
+        cell = make(cell["name"], **kwargs)
+    if not isinstance(cell, Cell) or cell.pointwise is None or cell.unit_output is None:
+        what = cell.name if isinstance(cell, Cell) else type(cell).__name__
+        raise ValueError(f"cell: sparse needs a gated cell (elman, leaky_elman, lstm, gru) or its dict, got {what!r}")
+    n = cell.hidden_size
+    if mask is not None:
+        if density is not None:
+            raise ValueError("sparse: give density or mask, not both")
+        m = np.asarray(mask)
+        if m.shape != (n, n) or not (m.dtype == bool or np.isin(m, (0, 1)).all()):
+            raise ValueError(f"mask must be an ({n}, {n}) array of booleans (the cell's hidden_size), got shape "
+                             f"{m.shape}")
+        m = m.astype(bool)
+    else:
+        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 <= density <= 1.0:
+            raise ValueError(f"density must be a number in [0, 1] (the fraction of connections between different "
+                             f"units kept), got {density!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        m = np.random.default_rng(seed).random((n, n)) < density
+        np.fill_diagonal(m, True)
+    m.setflags(write=False)
+    inner = cell
+
+    def keep(w_h: jax.Array) -> jax.Array:
+        return w_h * jnp.asarray(m, w_h.dtype)[:, None, :]
+
+    def init(key: jax.Array, input_size: int) -> Any:
+        params = inner.init(key, input_size)
+        return params._replace(w_h=keep(params.w_h))
+
+    def apply(params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+        return inner.apply(params._replace(w_h=keep(params.w_h)), carry, x)
+
+    return Cell(init, inner.initial_carry, apply, n, inner.n_gates, f"sparse({inner.name})",
+                unit_output=inner.unit_output, connectivity=m)
+
+
+def absent_weights(cell: Cell) -> int:
+    """Number of stored parameters that cannot affect anything: a sparse cell's recurrent weights outside its
+    mask (0 for every other cell)."""
+    if cell.connectivity is None:
+        return 0
+    return int(cell.n_gates * np.sum(~cell.connectivity))
+
+
 # ---------------------------------------------------------------------------------------------------- flax
 
 
@@ -597,6 +705,7 @@ def flax(module: Any, hidden_size: Optional[int] = None) -> Cell:
 
 _CELLS: dict[str, Callable[..., Cell]] = {
     "elman": elman, "lstm": lstm, "gru": gru, "lru": lru, "rtu": rtu, "stack": stack, "flax": flax,
+    "leaky_elman": leaky_elman, "sparse": sparse,
 }
 
 

@@ -28,6 +28,10 @@ SHAPE_KWARGS = {
     "constructive": [{"n_units": 3, "steps_per_stage": 3}],
     "hybrid": [{"n_units": 4, "units_per_stage": 2, "steps_per_stage": 3,
                 "options": learners.Options(normalise_inputs=0.99, normalise_features=0.99, readout_step_scale=True)}],
+    "kf_rtrl": [{"cell": "leaky_elman"}],
+    "rflo": [{"cell": "leaky_elman", "options": learners.Options(normalise_features=0.99)}],  # random feedback
+    "eprop": [{"feedback": "random", "cell": "leaky_elman"}],
+    "snap": [{"n": 2, "cell": "sparse"}],
 }
 
 CASES = [(name, kw) for name in learners.names() for kw in SHAPE_KWARGS.get(name, [None])]
@@ -47,6 +51,8 @@ def _flax(kind, features):
 CELLS = {
     "stack": lambda: cells.stack([cells.lru(2), cells.rtu(1, activation="tanh")]),
     "flax_lstm1": lambda: _flax("LSTMCell", 1),
+    "leaky_elman": lambda: cells.leaky_elman(2, tau=2.0),
+    "sparse": lambda: cells.sparse(cells.gru(3), mask=[[1, 0, 1], [1, 1, 0], [0, 1, 1]]),  # a ring, diameter 2
 }
 CELL_CASES = [
     ("snap1", {"cell": "stack"}),
@@ -93,11 +99,12 @@ def test_every_registered_learner_is_in_the_suite():
 
 def test_every_registered_cell_is_in_the_suite():
     """Every cell of ``cells.names()`` runs in the suite: lstm with every learner (elman and gru share its code
-    path, the gated form), the others in CELL_CASES, alone or as a stack's layers."""
+    path, the gated form), the others in CELL_CASES or as a learner's cell in CASES, alone or as a stack's
+    layers."""
     covered = {"lstm", "elman", "gru"}
-    for _, kw in CELL_CASES:
+    for _, kw in CELL_CASES + [c for c in CASES if c[1] and "cell" in c[1]]:
         cell = CELLS[kw["cell"]]()
-        covered |= {cell.name.split("_")[0].split("(")[0]} | {layer.name for layer in cell.layers}
+        covered |= {cell.name, cell.name.split("_")[0].split("(")[0]} | {layer.name for layer in cell.layers}
     missing = [n for n in cells.names() if n not in covered]
     assert not missing, f"add a case for the cells {missing} to CELL_CASES"
 

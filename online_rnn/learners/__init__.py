@@ -19,8 +19,12 @@ from online_rnn.learners.base import (
     param_count,
 )
 from online_rnn.learners.columnar import columnar, stack_columns, vmap_credit
+from online_rnn.learners.eprop import EpropTrace, eprop, eprop_credit
 from online_rnn.learners.hybrid import HybridTrace, constructive, hybrid
+from online_rnn.learners.kf_rtrl import KFTrace, kf_rtrl, kf_rtrl_credit
+from online_rnn.learners.rflo import RFLOTrace, rflo, rflo_credit
 from online_rnn.learners.rtrl import RTRLTrace, rtrl, rtrl_credit
+from online_rnn.learners.snap import SnApTrace, snap, snap_credit
 from online_rnn.learners.snap1 import SnAp1Trace, snap1, snap1_credit
 from online_rnn.learners.tbptt import TBPTTTrace, bptt, tbptt
 from online_rnn.learners.uoro import UOROTrace, uoro, uoro_credit
@@ -34,6 +38,10 @@ _REGISTRY: dict[str, Callable[..., Learner]] = {
     "columnar": columnar,
     "constructive": constructive,
     "hybrid": hybrid,
+    "kf_rtrl": kf_rtrl,
+    "rflo": rflo,
+    "eprop": eprop,
+    "snap": snap,
 }
 
 
@@ -57,12 +65,24 @@ def make(name: str, **kwargs: Any) -> Learner:
 
 
 __all__ = [
+    "EpropTrace",
     "HybridTrace",
+    "KFTrace",
+    "RFLOTrace",
+    "SnApTrace",
     "SnAp1Trace",
     "UOROTrace",
     "columnar",
     "constructive",
+    "eprop",
+    "eprop_credit",
     "hybrid",
+    "kf_rtrl",
+    "kf_rtrl_credit",
+    "rflo",
+    "rflo_credit",
+    "snap",
+    "snap_credit",
     "snap1",
     "snap1_credit",
     "stack_columns",

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from online_rnn import checks, prng, streaming
+from online_rnn import cells, checks, prng, streaming
 from online_rnn.cells import Cell
 from online_rnn.objectives import Objective
 
@@ -110,6 +110,12 @@ class Credit(NamedTuple):
       parameters and their optimizer state bit for bit at no cost per step.
       Both are called with the trace *before* the step and describe that step.
     * ``path`` names the implementation (shown by ``online-rnn list`` and in results summaries).
+    * For rules that send the output error to the cell through other weights than the readout's (random
+      feedback: RFLO, e-prop): ``feedback(trace, dy) -> (hidden_size,)`` gives the cotangent on the readout's
+      input features for the objective's cotangent ``dy`` on ``y_t``, in place of ``readout^T dy``; the step
+      takes it through the feature normalisation (if any) to get the ``dh`` given to ``backward``. The
+      readout's own gradient is unchanged. ``trace`` is the trace before the step. Such a rule is initialised
+      with a key, ``init(cell_params, carry, readout_params, key)``, to draw its fixed feedback weights.
     """
 
     init: Callable[[Params, Any, Params], Any]
@@ -121,6 +127,7 @@ class Credit(NamedTuple):
     window_size: int = 0
     uses_key: bool = False
     path: str = "generic"
+    feedback: Optional[Callable[[Any, jax.Array], jax.Array]] = None
 
 
 class Options(NamedTuple):
@@ -321,7 +328,8 @@ def build(
             params=params,
             opt_state=optimizer.init(params),
             carry=carry,
-            trace=credit.init(cell_params, carry, params["readout"]),
+            trace=(credit.init(cell_params, carry, params["readout"]) if credit.feedback is None
+                   else credit.init(cell_params, carry, params["readout"], jax.random.fold_in(k_state, 1))),
             objective=objective.init(params),
             stats=stats,
             key=k_state,
@@ -352,6 +360,8 @@ def build(
         y_t, readout_vjp = jax.vjp(lambda p, h: ro.apply(p, features(h)), params["readout"], h_t)
         dy = objective.cotangent(state.objective, y_t, signal_t)
         g_readout, dh = readout_vjp(dy)
+        if credit.feedback is not None:  # the error reaches the cell through the rule's own feedback weights
+            (dh,) = jax.vjp(features, h_t)[1](credit.feedback(state.trace, dy))
         g_cell, trace = credit.backward(residuals, dh)
         if credit.readout is not None:
             g_readout, trace = credit.readout(trace, g_readout, t)
@@ -408,7 +418,7 @@ def build(
 
     if n_params is None:
         shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-        n_params = param_count(shapes.params)
+        n_params = param_count(shapes.params) - cells.absent_weights(cell)
     return Learner(init=init, step=step, name=name, input_size=input_size, output_size=output_size,
                    n_params=n_params, path=credit.path)
 

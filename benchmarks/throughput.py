@@ -92,12 +92,12 @@ def measure_one(label: str, seeds: int) -> dict:
     import jax
     import numpy as np
 
-    from online_rnn.experiment import config as cfg
-    from online_rnn.experiment import runner
+    from online_rnn import experiment
+    from online_rnn.experiment import groups
 
     chunk = chunk_for(label, seeds)
-    exp = cfg.resolve(config(SHAPES[label], seeds, chunk))
-    group = runner.Group(exp, exp.learners[0])
+    exp = experiment.resolve(config(SHAPES[label], seeds, chunk))
+    group = groups.Group(exp, exp.learners[0])
     t0 = time.perf_counter()
     group.compile(group.lower(flops=True))
     compile_s = time.perf_counter() - t0

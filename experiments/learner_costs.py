@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from online_rnn import experiment
-    from online_rnn.experiment import runner
+    from online_rnn.experiment import runfn
 
     def floats(tree) -> int:
         return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree) if np.issubdtype(leaf.dtype, np.floating)))
@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
         print("| label | learner | params | FLOPs/step | state floats/run | trace floats/run |")
         print("|---|---|---:|---:|---:|---:|")
         for spec in exp.learners:
-            fns = runner.run_functions(exp, spec)
+            fns = runfn.run_functions(exp, spec)
             state = jax.eval_shape(fns.learner.init, jax.random.PRNGKey(0))
-            flops, lower_bound = runner.step_flops(runner.lower_step(exp, spec, fns))
+            flops, lower_bound = runfn.step_flops(runfn.lower_step(exp, spec, fns))
             shown = "n/a" if flops is None else f"{flops:,.0f}{'+' if lower_bound else ''}"
             print(f"| {spec.label} | {spec.name} | {fns.learner.n_params:,} | {shown} | "
                   f"{floats(state):,} | {floats(state.trace):,} |", flush=True)

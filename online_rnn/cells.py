@@ -26,13 +26,15 @@ Dtypes follow JAX's default float type: with ``jax_enable_x64`` on, parameters a
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from online_rnn import checks
+from online_rnn.registry import Registry
 
 Params = Any
 Carry = Any
@@ -113,12 +115,6 @@ class GRUParams(NamedTuple):
     b_hn: jax.Array  # (n,), the recurrent-side bias of the candidate, applied inside the reset gate
 
 
-def _check_size(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
     return jax.random.uniform(key, shape, minval=-bound, maxval=bound, dtype=jnp.zeros(()).dtype)
 
@@ -190,11 +186,11 @@ def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
     Initialisation: input weights ~ U(-1/sqrt(input_size), 1/sqrt(input_size)); recurrent weights orthogonal;
     bias 0. With ``init_range=a`` every parameter is drawn from U(-a, a) instead.
     """
-    n = _check_size("hidden_size", hidden_size)
+    n = checks.positive_int("hidden_size", hidden_size)
     _check_range(init_range)
 
     def init(key: jax.Array, input_size: int) -> ElmanParams:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         w_x, w_h, b = _init_weights(key, n, 1, input_size, init_range)
         return ElmanParams(w_x=w_x, w_h=w_h, b=b)
 
@@ -216,14 +212,14 @@ def leaky_elman(hidden_size: int, tau: float, init_range: Optional[float] = None
 
     ``tau >= 1``; ``tau = 1`` is :func:`elman`. Parameters and initialisation as :func:`elman` (``ElmanParams``).
     """
-    n = _check_size("hidden_size", hidden_size)
+    n = checks.positive_int("hidden_size", hidden_size)
     _check_range(init_range)
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 1:
         raise ValueError(f"tau must be a number >= 1 (the time constant in steps), got {tau!r}")
     alpha = 1.0 / float(tau)
 
     def init(key: jax.Array, input_size: int) -> ElmanParams:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         w_x, w_h, b = _init_weights(key, n, 1, input_size, init_range)
         return ElmanParams(w_x=w_x, w_h=w_h, b=b)
 
@@ -248,12 +244,12 @@ def lstm(hidden_size: int, forget_bias: float = 1.0, init_range: Optional[float]
     U(-a, a) and ``forget_bias`` is added to the forget gate's bias (the paper's columns: ``init_range=0.01,
     forget_bias=0``, from the authors' code).
     """
-    n = _check_size("hidden_size", hidden_size)
+    n = checks.positive_int("hidden_size", hidden_size)
     _check_range(init_range)
     forget_bias = float(forget_bias)
 
     def init(key: jax.Array, input_size: int) -> LSTMParams:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         w_x, w_h, b = _init_weights(key, n, 4, input_size, init_range)
         return LSTMParams(w_x=w_x, w_h=w_h, b=b.at[:, 1].add(forget_bias))
 
@@ -283,11 +279,11 @@ def gru(hidden_size: int, init_range: Optional[float] = None) -> Cell:
     needs). Initialisation: input weights ~ U(-1/sqrt(input_size), 1/sqrt(input_size)); recurrent weights
     orthogonal per gate; biases 0. With ``init_range=a`` every weight and bias is drawn from U(-a, a).
     """
-    n = _check_size("hidden_size", hidden_size)
+    n = checks.positive_int("hidden_size", hidden_size)
     _check_range(init_range)
 
     def init(key: jax.Array, input_size: int) -> GRUParams:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         k_w, k_b = jax.random.split(key)
         w_x, w_h, b = _init_weights(k_w, n, 3, input_size, init_range)
         b_hn = jnp.zeros((n,)) if init_range is None else _uniform(k_b, (n,), float(init_range))
@@ -425,11 +421,11 @@ def lru(hidden_size: int, r_min: float = 0.0, r_max: float = 1.0, max_phase: flo
     Per-unit form: unit ``i`` owns ``nu_log[i], theta_log[i], gamma_log[i], w_x[i]`` (``B``'s row); ``C``
     (``c_re``, ``c_im``) and ``D`` (``d``) enter only the output (``output_fields``).
     """
-    n = _check_size("hidden_size", hidden_size)
+    n = checks.positive_int("hidden_size", hidden_size)
     r_min, r_max, max_phase = _check_ring(r_min, r_max, max_phase)
 
     def init(key: jax.Array, input_size: int) -> LRUParams:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         dtype = jnp.zeros(()).dtype
         k_lam, k_b, k_c, k_d = jax.random.split(key, 4)
         nu_log, theta_log = _ring_init(k_lam, n, r_min, r_max, max_phase)
@@ -479,7 +475,7 @@ def rtu(hidden_size: int, activation: str = "relu", r_min: float = 0.0, r_max: f
     ``max_phase``); ``W_c1``, ``W_c2`` LeCun-normal (truncated normal, variance 1 / input_size), no bias. The
     carry is ``ComplexCarry(re=c1, im=c2)``.
     """
-    n = _check_size("hidden_size", hidden_size)
+    n = checks.positive_int("hidden_size", hidden_size)
     if activation not in RTU_ACTIVATIONS:
         raise ValueError(f"activation: unknown {activation!r}; allowed: {', '.join(sorted(RTU_ACTIVATIONS))}")
     act = RTU_ACTIVATIONS[activation]
@@ -488,7 +484,7 @@ def rtu(hidden_size: int, activation: str = "relu", r_min: float = 0.0, r_max: f
                                                  batch_axis=(0,))
 
     def init(key: jax.Array, input_size: int) -> RTUParams:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         k_lam, k_w = jax.random.split(key)
         nu_log, theta_log = _ring_init(k_lam, n, r_min, r_max, max_phase)
         w_x = lecun(k_w, (n, 2, input_size), jnp.zeros(()).dtype)
@@ -525,23 +521,14 @@ def stack(layers: Sequence[Any]) -> Cell:
     built = []
     for i, layer in enumerate(layers):
         if isinstance(layer, dict):
-            if "name" not in layer:
-                raise ValueError(f"layers[{i}]: a cell dict needs a name, e.g. {{name: lru, hidden_size: 8}}")
-            kwargs = {k: v for k, v in layer.items() if k != "name"}
-            factory = _CELLS.get(layer["name"])
-            allowed = list(inspect.signature(factory).parameters) if factory is not None else list(kwargs)
-            unknown = [k for k in kwargs if k not in allowed]
-            if unknown:
-                raise ValueError(f"layers[{i}]: unknown argument {unknown[0]!r} for {layer['name']}; allowed: "
-                                 f"{', '.join(allowed)}")
-            layer = make(layer["name"], **kwargs)
+            layer = from_dict(layer, f"layers[{i}]")
         if not isinstance(layer, Cell):
             raise ValueError(f"layers[{i}] must be a Cell or a cell dict, got {type(layer).__name__}")
         built.append(layer)
     cells = tuple(built)
 
     def init(key: jax.Array, input_size: int) -> tuple:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         sizes = [input_size] + [c.hidden_size for c in cells[:-1]]
         keys = jax.random.split(key, len(cells))
         return tuple(c.init(k, m) for c, k, m in zip(cells, keys, sizes))
@@ -580,15 +567,7 @@ def sparse(cell: Any, density: Optional[float] = None, seed: int = 0, mask: Any 
     ``unit_output`` is the wrapped cell's.
     """
     if isinstance(cell, dict):
-        if "name" not in cell:
-            raise ValueError("cell: a cell dict needs a name, e.g. {name: elman, hidden_size: 8}")
-        kwargs = {k: v for k, v in cell.items() if k != "name"}
-        factory = _CELLS.get(cell["name"])
-        allowed = list(inspect.signature(factory).parameters) if factory is not None else list(kwargs)
-        unknown = [k for k in kwargs if k not in allowed]
-        if unknown:
-            raise ValueError(f"cell: unknown argument {unknown[0]!r} for {cell['name']}; allowed: {', '.join(allowed)}")
-        cell = make(cell["name"], **kwargs)
+        cell = from_dict(cell, "cell")
     if not isinstance(cell, Cell) or cell.pointwise is None or cell.unit_output is None:
         what = cell.name if isinstance(cell, Cell) else type(cell).__name__
         raise ValueError(f"cell: sparse needs a gated cell (elman, leaky_elman, lstm, gru) or its dict, got {what!r}")
@@ -662,7 +641,7 @@ def flax(module: Any, hidden_size: Optional[int] = None) -> Cell:
         if not isinstance(hidden_size, int):
             raise ValueError(f"hidden_size: {type(module).__name__} has no int `features`; pass hidden_size (the "
                              f"length of its output)")
-    n = _check_size("hidden_size", hidden_size)
+    n = checks.positive_int("hidden_size", hidden_size)
     kind = type(module).__name__
     name = f"flax_{kind}"
 
@@ -674,7 +653,7 @@ def flax(module: Any, hidden_size: Optional[int] = None) -> Cell:
         return module.initialize_carry(jax.random.PRNGKey(0), (1,))
 
     def init(key: jax.Array, input_size: int) -> Any:
-        _check_size("input_size", input_size)
+        checks.positive_int("input_size", input_size)
         dtype = jnp.zeros(()).dtype
         x0 = jnp.zeros((input_size,), dtype)
         variables = module.init(key, _float(_carry0(), dtype), x0)
@@ -703,19 +682,18 @@ def flax(module: Any, hidden_size: Optional[int] = None) -> Cell:
     return Cell(init, initial_carry, apply, n, 0, name)
 
 
-_CELLS: dict[str, Callable[..., Cell]] = {
-    "elman": elman, "lstm": lstm, "gru": gru, "lru": lru, "rtu": rtu, "stack": stack, "flax": flax,
-    "leaky_elman": leaky_elman, "sparse": sparse,
-}
+CELLS = Registry("cell")
+for _name, _factory in {"elman": elman, "lstm": lstm, "gru": gru, "lru": lru, "rtu": rtu, "stack": stack,
+                        "flax": flax, "leaky_elman": leaky_elman, "sparse": sparse}.items():
+    CELLS.register(_name, _factory)
+register, names, factory, make = CELLS.register, CELLS.names, CELLS.factory, CELLS.make
 
 
-def names() -> list[str]:
-    """Names of the registered cells."""
-    return sorted(_CELLS)
-
-
-def make(name: str, **kwargs: Any) -> Cell:
-    """Build a registered cell by name, e.g. ``make("lstm", hidden_size=4)``."""
-    if name not in _CELLS:
-        raise ValueError(f"cell: unknown name {name!r}; allowed: {', '.join(names())}")
-    return _CELLS[name](**kwargs)
+def from_dict(cfg: dict, where: str) -> Cell:
+    """A cell from ``{name: ..., <arguments>}`` (as in YAML configs); errors name ``where``."""
+    if "name" not in cfg:
+        raise ValueError(f"{where}: a cell dict needs a name, e.g. {{name: lstm, hidden_size: 8}}")
+    try:
+        return make(cfg["name"], **{k: v for k, v in cfg.items() if k != "name"})
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None

@@ -5,16 +5,19 @@
     online-rnn run CONFIG [key=value ...] [--out DIR]   run or resume a config (default out: results/<name>)
     online-rnn compare DIR [DIR ...]                     markdown table per benchmark (also DIR/comparison.md)
     online-rnn plot DIR                                  learning curves and step-size sensitivity (PNG)
-    online-rnn list                                      learners, cells, streams, objectives, configs
+    online-rnn list                                      learners, cells, streams, objectives, optimizers, configs
 
-CONFIG is a YAML path or the name of a config in ./configs or in the repository's configs folder
-(``online-rnn run demo``). Overrides use dotted keys: ``steps=20000``, ``env.variant=ccn``,
-``sweep.seeds=5``, ``learners.columnar.n_columns=5`` (by label) or ``learners.0.n_columns=5`` (by index).
+CONFIG is a YAML path or the name of a config in ./configs or among the configs shipped with the package
+(``online-rnn run demo``). Overrides use dotted keys and may come anywhere on the line: ``steps=20000``,
+``env.variant=ccn``, ``sweep.seeds=5``, ``learners.columnar.n_columns=5`` (by label) or ``learners.0.n_columns=5``
+(by index). ``--plugin MODULE`` (repeatable) imports a module that registers learners, streams, cells, objectives
+or optimizers first.
 
 Before JAX starts, the CLI exposes every CPU core as a JAX device (``XLA_FLAGS=
 --xla_force_host_platform_device_count=<cores>``, unless XLA_FLAGS already sets a device count) so that runs
-are split over the cores, and it keeps compiled programs in a disk cache (``~/.cache/online_rnn/jax``; ``--no-cache`` or
-``ONLINE_RNN_CACHE=0`` turns it off) so that resuming or re-running a config does not recompile.
+are split over the cores, and it keeps compiled programs in a disk cache (``~/.cache/online_rnn/jax``;
+``--no-cache`` or ``ONLINE_RNN_CACHE=0`` turns it off) so that resuming or re-running a config does not
+recompile.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
 PROG = "online-rnn"
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def cores() -> int:
@@ -73,24 +76,10 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def config_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "configs"]
-    if REPO_CONFIGS.is_dir() and REPO_CONFIGS.resolve() != dirs[0].resolve():
-        dirs.append(REPO_CONFIGS)
-    return [d for d in dirs if d.is_dir()]
-
-
 def find_config(name: str) -> Path:
-    path = Path(name)
-    if path.is_file():
-        return path
-    for folder in config_dirs():
-        for candidate in (folder / name, folder / f"{name}.yaml", folder / f"{name}.yml"):
-            if candidate.is_file():
-                return candidate
-    known = sorted({p.stem for d in config_dirs() for p in d.glob("*.y*ml")})
-    hint = f"; configs found: {', '.join(known)}" if known else ""
-    raise FileNotFoundError(f"config not found: {name}{hint}")
+    from online_rnn.experiment import loading
+
+    return loading.find_config(name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,39 +91,62 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Online recurrent learning experiments.")
-    sub = p.add_subparsers(dest="command", metavar="{run,compare,plot,list}")
+    sub = p.add_subparsers(dest="command", metavar="{run,compare,plot,list}", parser_class=_Parser)
     sub.required = True
     r = sub.add_parser("run", help="run or resume a config")
-    r.add_argument("config", help="YAML file, or the name of a config in ./configs")
+    r.add_argument("config", help="YAML file, or the name of a config in ./configs or shipped with the package")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. steps=1000")
     r.add_argument("--out", help="results folder (default: results/<config name>)")
     r.add_argument("--only", metavar="LABEL[,LABEL...]", help="run only these learners now (same results folder)")
+    r.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (or a .py file) first: it may register learners, streams, cells, ...")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--no-cache", action="store_true", help="do not use the disk cache of compiled programs")
     r.add_argument("--layout", default="auto", choices=["auto", "runs_last", "vmap"],
-                   help="run axis of the compiled sweep: auto = runs_last on the CPU, vmap elsewhere")
+                   help="run axis of the compiled sweep: auto = runs_last for sweeps of >= 16 runs on the CPU")
     r.add_argument("--max-chunks", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop early
     c = sub.add_parser("compare", help="markdown table of results folders")
     c.add_argument("folders", nargs="+", metavar="DIR")
     pl = sub.add_parser("plot", help="PNG figures of a results folder")
     pl.add_argument("folder", metavar="DIR")
-    sub.add_parser("list", help="registered learners, cells, streams, objectives and configs")
+    ls = sub.add_parser("list", help="registered learners, cells, streams, objectives, optimizers and configs")
+    ls.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first")
     return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line; a command's own arguments are parsed intermixed, so that ``key=value`` overrides may
+    come before or after its options."""
+    top = parser()
+    if argv and not argv[0].startswith("-"):
+        subparsers = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+        if argv[0] in subparsers.choices:
+            args = subparsers.choices[argv[0]].parse_intermixed_args(argv[1:])
+            args.command = argv[0]
+            return args
+    return top.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     use_all_cores()
     try:
-        args = parser().parse_args(argv)
+        args = parse(argv)
     except SystemExit as exit_:  # --help or a usage error
         return int(exit_.code or 0)
-    commands = {"run": cmd_run, "compare": cmd_compare, "plot": cmd_plot, "list": lambda _: cmd_list()}
+    commands = {"run": cmd_run, "compare": cmd_compare, "plot": cmd_plot, "list": cmd_list}
     return guarded(commands[args.command], args)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
 def guarded(fn, *args) -> int:
-    """Run a command; user errors become one line ``online-rnn: error: ...`` and exit code 2."""
+    """Run a command; user errors become one line ``online-rnn: error: ...`` and exit code 2; the library's
+    warnings (a shadowed override, a damaged file set aside) one line ``online-rnn: warning: ...``."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return fn(*args)
     except KeyboardInterrupt:
@@ -145,11 +157,14 @@ def guarded(fn, *args) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from online_rnn import experiment
 
+    experiment.import_plugins(args.plugin, "--plugin")
     path = find_config(args.config)
     exp = experiment.load(path, args.overrides)  # validates; nothing compiles before this returns
     if not args.no_cache:
@@ -197,37 +212,56 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list() -> int:
-    import inspect
+def cmd_list(args: argparse.Namespace) -> int:
+    from online_rnn import cells, envs, experiment, learners, objectives, optimizers
+    from online_rnn.experiment import loading, schema
 
-    from online_rnn import envs, learners, objectives
-    from online_rnn.experiment import config as cfg
-
-    print("learners (name: shape and streaming arguments):")
+    experiment.import_plugins(args.plugin, "--plugin")
+    print("learners (name: shape arguments; the credit-assignment code that serves an example):")
     for name in learners.names():
-        params = [p for p in inspect.signature(learners.factory(name)).parameters
-                  if p not in cfg.SUPPLIED and p != "name"]
-        print(f"  {name}: {', '.join(params)}")
+        params = [p for p in learners.LEARNERS.parameters(name) if p not in schema.SUPPLIED + ("name", "options")]
+        print(f"  {name}: {', '.join(params) or '-'}; {_path(name)}")
+    print(f"  every learner also takes the streaming options {', '.join(learners.OPTION_FIELDS)}")
     print("cells:")
-    for name in cfg.cell_names():
-        print(f"  {name}: {', '.join(cfg._cell_signature(name))}")
-    print("streams (name, kind, observation size):")
+    for name in cells.names():
+        print(f"  {name}: {', '.join(cells.CELLS.parameters(name))}")
+    print("streams (name: kind, observation size, default objective, metric targets):")
     for name in envs.names():
         env, _ = envs.make(name)
-        print(f"  {name}: {env.kind}, {env.observation_size} inputs, default objective {env.default_objective}")
-    print(f"objectives: {', '.join(objectives.names())}")
-    print("optimizers (sweepable hyperparameters besides learning_rate):")
-    for name in cfg.optimizer_names():
-        print(f"  {name}: {', '.join(cfg.optimizer_hyperparameters(name))}")
+        print(f"  {name}: {env.kind}, {env.observation_size} inputs, {env.default_objective}, "
+              f"{', '.join(env.metric_targets)}")
+    print("objectives (per-run settings and their ranges):")
+    for name in objectives.names():
+        hp = objectives.declared(objectives.factory(name))["hyperparams"]
+        print(f"  {name}: {', '.join(f'{h} in {r.describe()}' for h, r in hp.items()) or '-'}")
+    print("optimizers (settings a sweep may vary, and their ranges):")
+    for name in optimizers.names():
+        hp = optimizers.hyperparameters(name)
+        print(f"  {name}: {', '.join(f'{h} in {r.describe()}' for h, r in hp.items())}")
     print("configs:")
     found = False
-    for folder in config_dirs():
+    for folder in loading.config_dirs():
         for path in sorted(folder.glob("*.y*ml")):
             found = True
             print(f"  {path.stem}: {_first_comment(path)} ({path})")
     if not found:
-        print("  (none in ./configs)")
+        print("  (none found)")
     return 0
+
+
+def _path(name: str) -> str:
+    """The credit-assignment path a learner takes with its example arguments (``learners.EXAMPLES``)."""
+    import optax
+
+    from online_rnn import learners, objectives
+
+    example = dict(learners.EXAMPLES.get(name, {}))
+    try:
+        learner = learners.make(name, input_size=2, output_size=1, objective=objectives.squared_error(),
+                                optimizer=optax.sgd(0.1), **example)
+    except (ValueError, TypeError):
+        return "its path depends on the cell and its arguments"
+    return f"{learner.path} (on {example['cell'].name})"
 
 
 def _first_comment(path: Path) -> str:

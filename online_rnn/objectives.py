@@ -17,10 +17,13 @@ signal is the cumulant ``c_t`` that arrived with ``x_t`` (a scalar or shape ``(1
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+from online_rnn import checks
+from online_rnn.registry import Registry
 
 
 class Target(NamedTuple):
@@ -32,7 +35,13 @@ class Target(NamedTuple):
 
 class Objective(NamedTuple):
     """See the module docstring. ``check(output_size)`` raises ``ValueError`` if the output size does not fit;
-    ``per_step_gradient`` is True when ``update`` needs ``g_t`` at every step (TD's eligibility trace)."""
+    ``per_step_gradient`` is True when ``update`` needs ``g_t`` at every step (TD's eligibility trace).
+
+    What the experiment layer reads: ``kind`` is the kind of stream the objective serves (``"supervised"``: the
+    signal is a target; ``"prediction"``: the signal is a cumulant whose discounted return is predicted);
+    ``hyperparams`` names the values kept in the objective's state (fields of the same names) that a sweep may
+    set per run, with their valid ranges (:class:`online_rnn.checks.Range`); ``discount`` names the one of them that must equal the stream's
+    discount (a stream's ``gamma``), or is ``None``."""
 
     init: Callable[[Any], Any]
     cotangent: Callable[[Any, jax.Array, Any], jax.Array]
@@ -41,6 +50,9 @@ class Objective(NamedTuple):
     check_signal: Callable[[Any, int], None]
     per_step_gradient: bool
     name: str
+    kind: str = "supervised"
+    hyperparams: dict = {}
+    discount: Optional[str] = None
 
 
 def _split_target(signal: Any) -> tuple[jax.Array, jax.Array]:
@@ -104,6 +116,9 @@ def sigmoid_cross_entropy() -> Objective:
     return _supervised("sigmoid_cross_entropy", loss, 1)
 
 
+TD_HYPERPARAMS = {"gamma": checks.Range(0.0, 1.0, high_open=True), "lam": checks.Range(0.0, 1.0)}
+
+
 class TDState(NamedTuple):
     gamma: jax.Array  # discount, an array so that sweeps can vmap over it
     lam: jax.Array  # trace decay lambda
@@ -122,6 +137,9 @@ def td_lambda(gamma: float, lam: float) -> Objective:
     ``v_t``. ``loss`` is ``0.5 delta^2`` (0 on the first step). ``gamma`` and ``lam`` live in the objective
     state, so a sweep can set them per run.
     """
+
+    gamma = TD_HYPERPARAMS["gamma"].check("td_lambda: gamma", gamma)
+    lam = TD_HYPERPARAMS["lam"].check("td_lambda: lam", lam)
 
     def init(params: Any) -> TDState:
         leaves = jax.tree.leaves(params)
@@ -158,24 +176,35 @@ def td_lambda(gamma: float, lam: float) -> Objective:
                 f"td_lambda: signal_t must be the scalar cumulant c_t (shape () or (1,)), got {jnp.shape(signal)}"
             )
 
-    return Objective(init, cotangent, update, check, check_signal, True, "td_lambda")
+    return Objective(init, cotangent, update, check, check_signal, True, "td_lambda", kind="prediction",
+                     hyperparams=TD_HYPERPARAMS, discount="gamma")
 
 
-_OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    "squared_error": squared_error,
-    "softmax_cross_entropy": softmax_cross_entropy,
-    "sigmoid_cross_entropy": sigmoid_cross_entropy,
-    "td_lambda": td_lambda,
-}
+def declared(factory: Callable[..., Objective]) -> dict:
+    """What an objective factory declares before it is called (attributes set by :func:`declare`): its
+    ``kind``, its ``hyperparams`` with ranges, its ``discount`` and the ``loss_name`` tables use; the defaults
+    of a supervised loss otherwise."""
+    return {"kind": getattr(factory, "kind", "supervised"), "hyperparams": getattr(factory, "hyperparams", {}),
+            "discount": getattr(factory, "discount", None),
+            "loss_name": getattr(factory, "loss_name", f"{getattr(factory, '__name__', 'objective')} loss")}
 
 
-def names() -> list[str]:
-    """Names of the registered objectives."""
-    return sorted(_OBJECTIVES)
+def declare(factory: Callable[..., Objective], kind: str = "supervised", hyperparams: Optional[dict] = None,
+            discount: Optional[str] = None, loss_name: Optional[str] = None) -> None:
+    """Let configs know, before calling ``factory``, the kind of stream it serves, the per-run settings its
+    state keeps (the factory's arguments of the same names), which of them is the stream's discount, and what
+    its loss is called in tables."""
+    factory.kind, factory.hyperparams, factory.discount = kind, dict(hyperparams or {}), discount
+    factory.loss_name = loss_name or f"{factory.__name__} loss"
 
 
-def make(name: str, **kwargs: Any) -> Objective:
-    """Build an objective by name, e.g. ``make("td_lambda", gamma=0.9, lam=0.99)``."""
-    if name not in _OBJECTIVES:
-        raise ValueError(f"objective: unknown name {name!r}; allowed: {', '.join(names())}")
-    return _OBJECTIVES[name](**kwargs)
+declare(squared_error, loss_name="squared error")
+declare(softmax_cross_entropy, loss_name="cross-entropy (nats)")
+declare(sigmoid_cross_entropy, loss_name="cross-entropy (nats)")
+declare(td_lambda, "prediction", TD_HYPERPARAMS, "gamma", loss_name="squared TD error")
+
+OBJECTIVES = Registry("objective")
+for _name, _factory in {"squared_error": squared_error, "softmax_cross_entropy": softmax_cross_entropy,
+                        "sigmoid_cross_entropy": sigmoid_cross_entropy, "td_lambda": td_lambda}.items():
+    OBJECTIVES.register(_name, _factory)
+register, names, factory, make = OBJECTIVES.register, OBJECTIVES.names, OBJECTIVES.factory, OBJECTIVES.make

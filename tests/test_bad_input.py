@@ -35,7 +35,7 @@ def test_target_shape_mismatch_is_named():
 
 
 def test_unknown_learner_name_lists_allowed():
-    with pytest.raises(ValueError, match="unknown name 'rtlr'; allowed: .*rtrl") as err:
+    with pytest.raises(ValueError, match=r"unknown name 'rtlr'; did you mean 'rtrl'\? allowed: .*rtrl") as err:
         learners.make("rtlr")
     _one_line(err)
 

@@ -159,7 +159,7 @@ def test_every_stream_step_equals_vmap(x64, config):
         _, state = env.reset(key, params)
 
         def body(state, k):
-            obs, signal, info, state = env.step(k, state, params)
+            obs, state, signal, info = env.step(k, state, params)
             state = env.feedback(state, params, jnp.zeros((env.signal_size,)) + 0.5)
             return state, (obs, signal, info)
 

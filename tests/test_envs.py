@@ -67,7 +67,7 @@ def rollout(env, params, key, n_steps, n_seeds):
         _, state = env.reset(k_reset, params)
 
         def body(state, k):
-            obs, signal, info, state = env.step(k, state, params)
+            obs, state, signal, info = env.step(k, state, params)
             return state, (obs, signal, info)
 
         state, out = jax.lax.scan(body, state, jax.random.split(k_steps, n_steps))
@@ -193,7 +193,7 @@ def test_attributes_shapes_and_dtypes_are_stable(config):
     step = jitted_step(env)
     first = spec(state)
     for t in range(3):
-        obs, signal, info, state = step(jax.random.key(t + 1), state, params)
+        obs, state, signal, info = step(jax.random.key(t + 1), state, params)
         state = env.feedback(state, params, jnp.zeros((1,)))
         assert spec(state) == first
         assert obs.shape == (env.observation_size,) and obs.dtype == jnp.float64
@@ -216,7 +216,7 @@ def test_float32_when_x64_is_off(config):
         _, state = jax.jit(env.reset)(jax.random.key(0), params)
         step, seen = jitted_step(env), []
         for k in jax.random.split(jax.random.key(1), 150):
-            obs, signal, info, state = step(k, state, params)
+            obs, state, signal, info = step(k, state, params)
             seen.append(np.asarray(obs))
         return np.stack(seen), (obs, signal, info, state)
 
@@ -242,7 +242,7 @@ def test_jit_equals_no_jit(config):
         _, state = env.reset(jax.random.key(3), params)
         out = []
         for k in keys:
-            obs, signal, info, state = step(k, state, params)
+            obs, state, signal, info = step(k, state, params)
             state = env.feedback(state, params, jnp.ones((1,)))
             out.append((obs, signal, info, state))
         return out
@@ -274,7 +274,7 @@ def test_same_key_same_stream_and_vmap_equals_a_run_per_key(config, request):
         _, state = env.reset(k_reset, params)
         obs_b = []
         for k in jax.random.split(k_steps, n_steps)[:20]:
-            obs, _, _, state = step(k, state, params)
+            obs, state, _, _ = step(k, state, params)
             obs_b.append(obs)
         np.testing.assert_array_equal(np.asarray(o1[b, :20]), np.stack(obs_b))
 
@@ -539,7 +539,7 @@ def copy_rollout(env, params, key, n_steps, policy):
 
     def body(state, k):
         k_env, k_pred = jax.random.split(k)
-        obs, signal, info, state = env.step(k_env, state, params)
+        obs, state, signal, info = env.step(k_env, state, params)
         sign = jnp.where(info["target_bit"] > 0, 5.0, -5.0)
         logit = jnp.stack([sign, -sign, jax.random.normal(k_pred)])[policy]
         state = env.feedback(state, params, logit[None])
@@ -654,7 +654,7 @@ def test_influence_balancing_learners_rtrl_right_way_tbptt1_wrong_way():
 
         def body(carry, k):
             env_state, lstate = carry
-            obs, signal, _, env_state = env.step(k, env_state, params)
+            obs, env_state, signal, _ = env.step(k, env_state, params)
             lstate, _ = learner.step(lstate, obs, signal)
             return (env_state, lstate), None
 
@@ -683,7 +683,7 @@ def test_influence_balancing_gradient_directions_of_learners():
 
             def body(carry, k):
                 env_state, lstate = carry
-                obs, signal, _, env_state = env.step(k, env_state, params)
+                obs, env_state, signal, _ = env.step(k, env_state, params)
                 lstate, out = learner.step(lstate, obs, signal)
                 return (env_state, lstate), out.grads["cell"].theta[0]
 
@@ -733,7 +733,7 @@ def test_every_stream_runs_with_a_learner_scanned_and_vmapped():
 
             def body(carry, k):
                 env_state, lstate = carry
-                obs, signal, info, env_state = env.step(k, env_state, params)
+                obs, env_state, signal, info = env.step(k, env_state, params)
                 lstate, out = learner.step(lstate, obs, signal)
                 env_state = env.feedback(env_state, params, out.prediction)
                 return (env_state, lstate), (out.prediction, out.loss)

@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 from online_rnn import experiment, learners, objectives
-from online_rnn.experiment import config as cfg
-from online_rnn.experiment import runner
-from online_rnn.experiment.config import ConfigError
+from online_rnn.experiment import accumulate, build, loading, runfn
+from online_rnn.experiment.schema import ConfigError
 
 TINY = {
     "name": "tiny",
@@ -88,7 +87,7 @@ def test_metric_matches_a_python_loop(tiny_run):
     path, out = tiny_run
     exp = experiment.load(path)
     spec = exp.learner("columnar")
-    fns = runner.run_functions(exp, spec)
+    fns = runfn.run_functions(exp, spec)
     carry = jax.jit(fns.init)(jnp.int32(1), {"learning_rate": jnp.float32(0.001), "lam": jnp.float32(0.9)})
     step = jax.jit(fns.step)
     errs, targets = [], []
@@ -196,16 +195,16 @@ def test_accumulators_bin_block_sums_like_numpy():
     """Chunks of 60 steps straddle bins of 200; blocks of 20 steps (the block size) never do."""
     rng = np.random.default_rng(0)
     steps, bins, window, chunk = 1200, 6, 300, 60
-    g = runner.block_size(steps, bins, window, chunk)
-    assert g == 20 and runner.block_size(1000, 7, 130, 64) == 1  # awkward sizes fall back to single steps
+    g = accumulate.block_size(steps, bins, window, chunk)
+    assert g == 20 and accumulate.block_size(1000, 7, 130, 64) == 1  # awkward sizes fall back to single steps
     err = rng.random((3, steps)).astype(np.float32)
     weight = (rng.random((3, steps)) > 0.3).astype(np.float32)
     target = rng.random((3, steps)).astype(np.float32)
     logs = rng.random((3, steps, 1)).astype(np.float32)
-    acc = runner.Accumulators(3, steps, bins, window, 1)
+    acc = accumulate.Accumulators(3, steps, bins, window, 1)
     blocks = lambda x, t0: x[:, t0:t0 + chunk].reshape((3, chunk // g, g) + x.shape[2:]).sum(2)  # noqa: E731
     for t0 in range(0, steps, chunk):
-        acc.add(t0, g, runner.Blocks(blocks(err, t0), blocks(weight, t0), blocks(target, t0),
+        acc.add(t0, g, accumulate.Blocks(blocks(err, t0), blocks(weight, t0), blocks(target, t0),
                                      blocks(target ** 2, t0), blocks(logs, t0), logs[:, t0 + chunk - 1]))
     edges = np.r_[0, acc.bin_edges()]
     for b in range(bins):
@@ -224,14 +223,14 @@ def test_accumulators_bin_block_sums_like_numpy():
 
 def test_overrides_by_index_label_and_yaml_floats(tmp_path):
     path = write_config(tmp_path, TINY)
-    raw = cfg.load(path, ["steps=1e3", "learners.tbptt_k2.truncation=3", "learners.0.n_columns=4",
+    raw = loading.load(path, ["steps=1e3", "learners.tbptt_k2.truncation=3", "learners.0.n_columns=4",
                           "sweep.learning_rate=[1e-3, 3e-4]", "env.isi=12"])
     assert raw["steps"] == 1000.0 and raw["learners"][1]["truncation"] == 3 and raw["learners"][0]["n_columns"] == 4
     assert raw["sweep"]["learning_rate"] == [1e-3, 3e-4] and raw["env"]["isi"] == 12
-    exp = cfg.resolve(raw)
+    exp = experiment.resolve(raw)
     assert exp.steps == 1000 and exp.learner("tbptt_k2").kwargs["truncation"] == 3
     with pytest.raises(ConfigError, match="no entry with that label"):
-        cfg.load(path, ["learners.colunmar.n_columns=4"])
+        loading.load(path, ["learners.colunmar.n_columns=4"])
 
 
 def test_anchored_values_are_not_shared_by_overrides(tmp_path):
@@ -242,7 +241,7 @@ def test_anchored_values_are_not_shared_by_overrides(tmp_path):
     )
     path = tmp_path / "anchors.yaml"
     path.write_text(text)
-    raw = cfg.load(path, ["learners.c2.optimizer.momentum=0.5"])
+    raw = loading.load(path, ["learners.c2.optimizer.momentum=0.5"])
     assert raw["learners"][0]["optimizer"] == {"name": "sgd"}
 
 
@@ -250,7 +249,7 @@ def test_budget_scales_steps_and_stage_lengths(tmp_path):
     config = {**TINY, "steps": 10_000, "budget": 0.1,
               "learners": [{"name": "constructive", "n_units": 2, "steps_per_stage": 5000,
                             "optimizer": {"name": "sgd"}, "steps": 20_000}]}
-    exp = cfg.resolve(config)
+    exp = experiment.resolve(config)
     spec = exp.learners[0]
     assert exp.steps == 1000 and spec.steps == 2000 and spec.kwargs["steps_per_stage"] == 500
     assert spec.window == 200 and spec.chunk == 200
@@ -315,7 +314,7 @@ BAD = [
      r"mean 'trial_return'\? allowed: return, trial_return"),
     (lambda c: c["metric"].update(log=["nonexistent"]), r"metric\.log: the stream gives no 'nonexistent'"),
     (lambda c: c["objective"].update(name="squared_error"), r"^objective\.name: trace_conditioning is a prediction "
-     r"stream; use td_lambda"),
+     r"stream; use an objective for prediction streams such as td_lambda"),
     (lambda c: c.pop("learners"), r"^learners: required key is missing"),
     (lambda c: c["metric"].update(best_by="max length"), r"^metric\.best_by: unknown name 'max length'; allowed: "
      r"error$"),
@@ -327,7 +326,7 @@ BAD = [
     (lambda c: c["learners"][1]["cell"].update(name="rtu", activation="gelu"), r"\.cell: activation: unknown "
      r"'gelu'; allowed: linear, relu, tanh$"),
     (lambda c: c["learners"][1].update(cell={"name": "stack", "layers": [{"name": "lru", "hiden_size": 2}]}),
-     r"\.cell: layers\[0\]: unknown argument 'hiden_size' for lru; allowed: hidden_size, r_min"),
+     r"\.cell: layers\[0\]: cell 'lru': unknown argument 'hiden_size'; allowed: hidden_size, r_min"),
 ]
 
 
@@ -335,14 +334,14 @@ BAD = [
 def warm() -> None:
     """Resolve a valid config once: streams build their parameters with eager jnp calls, whose tiny kernels
     compile on first use; after this, validating a config compiles nothing."""
-    cfg.resolve(TINY)
+    experiment.resolve(TINY)
 
 
 @pytest.mark.parametrize("change,pattern", BAD, ids=[p for _, p in BAD])
 def test_config_errors_are_one_line_and_raised_before_compiling(warm, change, pattern):
     events = _compile_events()
     with pytest.raises(ConfigError) as info:
-        cfg.resolve(_with(change))
+        experiment.resolve(_with(change))
     message = str(info.value)
     assert "\n" not in message
     assert __import__("re").search(pattern, message), message
@@ -358,21 +357,21 @@ def test_new_cells_come_from_yaml(warm):
         {"name": "snap1", "label": "stack", "optimizer": {"name": "sgd"},
          "cell": {"name": "stack", "layers": [{"name": "lru", "hidden_size": 2}, {"name": "rtu", "hidden_size": 2}]}},
     ]))
-    exp = cfg.resolve(config)
-    env, _, learner = cfg.build(exp, exp.learner("stack"))
+    exp = experiment.resolve(config)
+    env, _, learner = build.build(exp, exp.learner("stack"))
     assert learner.name == "snap1" and exp.learner("rtu").cell == {"name": "rtu", "hidden_size": 2,
                                                                    "activation": "tanh"}
 
 
 def test_unknown_config_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
-        cfg.load(tmp_path / "missing.yaml")
+        loading.load(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("steps: [1, 2\n")
     with pytest.raises(ConfigError, match=r"invalid YAML \(line"):
-        cfg.load(bad)
+        loading.load(bad)
     with pytest.raises(ConfigError, match="expected key=value"):
-        cfg.load(write_config(tmp_path, TINY), ["steps"])
+        loading.load(write_config(tmp_path, TINY), ["steps"])
 
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -396,7 +395,7 @@ def test_optimizer_hyperparameters_and_lambda_are_swept_per_run():
     spec = exp.learners[0]
     grid = spec.grid()
     assert [(g["lam"], g["beta2"]) for g in grid] == [(0.5, 0.99), (0.5, 0.999), (0.9, 0.99), (0.9, 0.999)]
-    fns = runner.run_functions(exp, spec)
+    fns = runfn.run_functions(exp, spec)
     carry = jax.jit(fns.init)(jnp.int32(0), {k: jnp.float32(v) for k, v in grid[3].items() if k != "seed"})
     assert float(carry.learner.opt_state.hyperparams["beta2"]) == np.float32(0.999)
     assert float(carry.learner.objective.lam) == np.float32(0.9)
@@ -415,7 +414,7 @@ def test_supervised_weights_logs_and_a_partial_last_chunk(tmp_path):
     exp = experiment.resolve(config)
     experiment.run(exp, tmp_path, progress=False, flops=False)
     res = results_of(tmp_path, "columnar")
-    fns = runner.run_functions(exp, exp.learners[0])
+    fns = runfn.run_functions(exp, exp.learners[0])
     carry = jax.jit(fns.init)(jnp.int32(0), {"learning_rate": jnp.float32(0.1)})
     step = jax.jit(fns.step)
     outs = []

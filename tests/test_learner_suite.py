@@ -53,10 +53,12 @@ CELLS = {
     "flax_lstm1": lambda: _flax("LSTMCell", 1),
     "leaky_elman": lambda: cells.leaky_elman(2, tau=2.0),
     "sparse": lambda: cells.sparse(cells.gru(3), mask=[[1, 0, 1], [1, 1, 0], [0, 1, 1]]),  # a ring, diameter 2
+    "influence_balancing": lambda: cells.make("influence_balancing", n=4, n_positive=1),
 }
 CELL_CASES = [
     ("snap1", {"cell": "stack"}),
     ("columnar", {"n_columns": 2, "cell": "flax_lstm1"}),
+    ("rtrl", {"cell": "influence_balancing"}),  # registered by the stream module that is built around it
 ]
 
 

@@ -5,7 +5,7 @@
     from online_rnn import envs
     env, params = envs.make("trace_patterning", variant="ccn")
     obs, state = env.reset(key, params)
-    obs, signal, info, state = env.step(key_t, state, params)
+    obs, state, signal, info = env.step(key_t, state, params)
     state = env.feedback(state, params, prediction)     # used by copy_task; the identity elsewhere
 
 Registered streams (``envs.names()``):
@@ -20,6 +20,7 @@ The contract is in :mod:`online_rnn.envs.base`; every stream's module docstring 
 
 from __future__ import annotations
 
+from online_rnn import cells
 from online_rnn.envs import (
     add_task,
     animal,
@@ -30,7 +31,7 @@ from online_rnn.envs import (
     trace_conditioning,
     trace_patterning,
 )
-from online_rnn.envs.base import Environment, factory, make, names, register
+from online_rnn.envs.base import STREAMS, Environment, factory, make, names, register
 
 register("trace_conditioning", trace_conditioning.trace_conditioning)
 register("trace_patterning", trace_patterning.trace_patterning)
@@ -38,9 +39,11 @@ register("noisy_patterning", noisy_patterning.noisy_patterning)
 register("add_task", add_task.add_task)
 register("copy_task", copy_task.copy_task)
 register("influence_balancing", influence_balancing.influence_balancing)
+cells.register("influence_balancing", influence_balancing.cell)  # the model that stream is built around
 
 __all__ = [
     "Environment",
+    "STREAMS",
     "add_task",
     "animal",
     "base",

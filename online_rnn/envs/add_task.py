@@ -85,6 +85,7 @@ class AddTask(Environment):
         self.target = target
         self.name = "add_task"
 
+    @property
     def default_params(self) -> EnvParams:
         return EnvParams(base=as_float(0.5), coef_first=as_float(0.5), coef_second=as_float(-0.25))
 
@@ -112,7 +113,7 @@ class AddTask(Environment):
         entropy = -(jax.scipy.special.xlogy(p, p) + jax.scipy.special.xlogy(1.0 - p, 1.0 - p))
         info = {"x": x, "p": p, "optimal_cross_entropy": entropy}
         history = jnp.concatenate([x[None], state.history[:-1]])
-        return obs, signal, info, EnvState(history=history)
+        return obs, EnvState(history=history), signal, info
 
 
 def add_task(lags: tuple[int, int] = LAGS, target: str = "soft") -> AddTask:

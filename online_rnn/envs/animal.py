@@ -176,6 +176,8 @@ class AnimalStream(Environment):
     :mod:`~online_rnn.envs.noisy_patterning`."""
 
     kind = "prediction"
+    metric_targets = ("return", "trial_return")  # the exact return, or the per-trial return the authors' code uses
+    metric_names = {"return": "MSRE", "trial_return": "MSRE (per-trial return)"}
     signal_size = 1
     default_objective = "td_lambda"
 
@@ -194,6 +196,7 @@ class AnimalStream(Environment):
 
     # -------------------------------------------------------------------------------------------- params
 
+    @property
     def default_params(self) -> AnimalParams:
         d = self._defaults
         return AnimalParams(
@@ -349,4 +352,4 @@ class AnimalStream(Environment):
             patterns=state.patterns,
             distractor_age=age.astype(jnp.int32),
         )
-        return obs, us_f[0], info, new_state
+        return obs, new_state, us_f[0], info

@@ -3,10 +3,14 @@
 A stream is gymnax-like: pure functions of explicit state, parameters and keys, so that a stream and a learner
 compile together into one ``lax.scan`` and vmap over seeds::
 
-    env, params = envs.make("trace_conditioning")
+    env, params = envs.make("trace_conditioning")                 # params == env.default_params
     obs, state = env.reset(key, params)
-    obs, signal, info, state = env.step(key, state, params)       # one step, a fresh key each step
+    obs, state, signal, info = env.step(key, state, params)       # one step, a fresh key each step
     state = env.feedback(state, params, prediction)               # the learner's prediction of that step
+
+As in gymnax, ``step`` returns the observation and the new state first; where gymnax returns a reward and a
+done flag, a stream returns the learner's ``signal`` (it takes no action and never ends: one observation, one
+signal, forever) and ``info``, and the learner's prediction comes back through ``feedback``.
 
 Conventions every stream follows:
 
@@ -20,8 +24,8 @@ Conventions every stream follows:
   ``info["return"]`` is ``G_t = sum_k gamma^k c_{t+1+k}``, the value that a prediction made from ``obs_t``
   should equal.
 - Settings that fix array shapes (numbers of stimuli, buffer lengths) are constructor arguments of ``make``;
-  everything else lives in the ``EnvParams`` returned by ``make`` (a ``flax.struct`` dataclass), so that a sweep
-  can vary it (``params.replace(...)`` or a vmapped params tree) without recompiling.
+  everything else lives in the ``EnvParams`` (``env.default_params``, a ``flax.struct`` dataclass), so that a
+  sweep can vary it (``params.replace(...)`` or a vmapped params tree) without recompiling.
 - Floats follow JAX's default float type (float64 under ``jax_enable_x64``), counters are int32, and no state
   leaf changes shape or dtype from step to step. ``info`` is a dict with a fixed set of keys per stream.
 - ``feedback`` is the identity for every stream that does not need the learner's predictions.
@@ -30,13 +34,13 @@ Conventions every stream follows:
 from __future__ import annotations
 
 import abc
-import inspect
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-KINDS = ("prediction", "supervised")
+from online_rnn import checks
+from online_rnn.registry import Registry
 
 
 def float_dtype() -> Any:
@@ -54,9 +58,7 @@ def as_int(x: Any) -> jax.Array:
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     """A Python int >= ``minimum`` (bools rejected), else ``ValueError`` naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return checks.integer(name, value, minimum)
 
 
 def check_range(name: str, value: Any, minimum: int = 0) -> tuple[int, int]:
@@ -92,6 +94,16 @@ class Environment(abc.ABC):
     target length for supervised ones); ``kind`` (``"prediction"`` or ``"supervised"``); ``gamma`` (the discount
     of ``info["return"]`` for prediction streams, ``None`` otherwise; the same value is in the params);
     ``default_objective`` (the name of the objective in :mod:`online_rnn.objectives` that fits the stream).
+
+    What the experiment layer reads (defaults suit most streams):
+
+    - ``metric_targets``: what the error is measured against, first the default: names of ``info`` entries
+      (the squared error of the prediction to that value; prediction streams offer ``"return"``) or ``"loss"``
+      (the objective's loss, for supervised streams);
+    - ``default_logs``: ``info`` entries logged by default (curves of their values, e.g. a curriculum's length);
+    - ``table_columns``: extra columns of comparison tables, ``(title, fn)`` with ``fn`` mapping a learner's
+      final metric (mean over seeds) to the value shown (e.g. nats to bits per character);
+    - ``metric_names``: what tables call the error to each target (default: MSRE, "MSRE (trial return)", ...).
     """
 
     name: str
@@ -100,18 +112,32 @@ class Environment(abc.ABC):
     kind: str
     gamma: Optional[float] = None
     default_objective: str
+    default_logs: tuple[str, ...] = ()
+    table_columns: tuple[tuple[str, Callable[[float], float]], ...] = ()
 
+    @property
+    def metric_targets(self) -> tuple[str, ...]:
+        return ("return",) if self.kind == "prediction" else ("loss",)
+
+    @property
+    def metric_names(self) -> dict[str, str]:
+        """How tables and figures call the error to each of ``metric_targets`` (the loss is named by the
+        objective)."""
+        return {target: "MSRE" if target == "return" else f"MSRE ({target.replace('_', ' ')})"
+                for target in self.metric_targets if target != "loss"}
+
+    @property
     @abc.abstractmethod
     def default_params(self) -> Any:
-        """Implemented by every stream."""
+        """The stream's parameters (implemented by every stream)."""
 
     @abc.abstractmethod
     def reset(self, key: jax.Array, params: Any) -> tuple[jax.Array, Any]:
-        """Implemented by every stream."""
+        """``(obs, state)`` at time 0 (implemented by every stream)."""
 
     @abc.abstractmethod
-    def step(self, key: jax.Array, state: Any, params: Any) -> tuple[jax.Array, Any, dict, Any]:
-        """Implemented by every stream."""
+    def step(self, key: jax.Array, state: Any, params: Any) -> tuple[jax.Array, Any, Any, dict]:
+        """``(obs, state, signal, info)`` (implemented by every stream)."""
 
     def feedback(self, state: Any, params: Any, prediction: jax.Array) -> Any:
         """Tell the stream the learner's prediction for the last step. The identity unless overridden."""
@@ -124,37 +150,13 @@ class Environment(abc.ABC):
         )
 
 
-_REGISTRY: dict[str, Callable[..., Environment]] = {}
-
-
-def register(name: str, factory: Callable[..., Environment]) -> None:
-    """Register a stream factory under ``name`` (its keyword arguments are the stream's constructor arguments)."""
-    if name in _REGISTRY and _REGISTRY[name] is not factory:
-        raise ValueError(f"env: name {name!r} is already registered")
-    _REGISTRY[name] = factory
-
-
-def names() -> list[str]:
-    """Sorted names of the registered streams."""
-    return sorted(_REGISTRY)
-
-
-def factory(name: str) -> Callable[..., Environment]:
-    """The factory registered under ``name``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"env: unknown name {name!r}; allowed: {', '.join(names())}")
-    return _REGISTRY[name]
+STREAMS = Registry("env")
+register, names, factory = STREAMS.register, STREAMS.names, STREAMS.factory
 
 
 def make(name: str, **kwargs: Any) -> tuple[Environment, Any]:
-    """Build a registered stream: ``env, params = make(name, **constructor_kwargs)``.
-
-    Raises ``ValueError`` naming the offending name or keyword argument and listing the allowed ones.
-    """
-    fn = factory(name)
-    allowed = list(inspect.signature(fn).parameters)
-    for key in kwargs:
-        if key not in allowed:
-            raise ValueError(f"env {name!r}: unknown argument {key!r}; allowed: {', '.join(allowed)}")
-    env = fn(**kwargs)
-    return env, env.default_params()
+    """Build a registered stream: ``env, params = make(name, **constructor_kwargs)`` (``params`` is
+    ``env.default_params``). Raises ``ValueError`` naming the offending name or keyword argument and listing the
+    allowed ones."""
+    env = STREAMS.make(name, **kwargs)
+    return env, env.default_params

@@ -92,6 +92,8 @@ class CopyTask(Environment):
     observation_size = 3
     signal_size = 1
     default_objective = "sigmoid_cross_entropy"
+    default_logs = ("curriculum_length",)
+    table_columns = (("bits/char", lambda nats: nats / math.log(2)),)  # the loss is in nats per output bit
 
     def __init__(self, max_length: int = MAX_LENGTH, initial_length: int = 1):
         self.max_length = check_int("max_length", max_length)
@@ -100,6 +102,7 @@ class CopyTask(Environment):
             raise ValueError(f"initial_length ({initial_length}) must be <= max_length ({max_length})")
         self.name = "copy_task"
 
+    @property
     def default_params(self) -> EnvParams:
         return EnvParams(
             initial_length=as_int(self._initial_length),
@@ -166,7 +169,7 @@ class CopyTask(Environment):
             last_final=is_output & (position == 2 * seq_length + 1),
             last_target=target_bit,
         )
-        return obs, signal, info, new_state
+        return obs, new_state, signal, info
 
     def feedback(self, state: EnvState, params: EnvParams, prediction: jax.Array) -> EnvState:
         """Count the last step's bit error from the learner's logit and run the curriculum (module docstring).

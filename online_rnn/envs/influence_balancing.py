@@ -131,6 +131,7 @@ class InfluenceBalancing(Environment):
     signal_size = 1
     default_objective = "squared_error"
 
+    @property
     def default_params(self) -> EnvParams:
         return EnvParams(target=as_float(1.0), input_value=as_float(1.0))
 
@@ -142,7 +143,7 @@ class InfluenceBalancing(Environment):
         dtype = float_dtype()
         obs = jnp.full((1,), params.input_value, dtype)
         signal = jnp.full((1,), params.target, dtype)
-        return obs, signal, {"t": state.t + 1}, EnvState(t=state.t + 1)
+        return obs, EnvState(t=state.t + 1), signal, {"t": state.t + 1}
 
 
 def influence_balancing() -> InfluenceBalancing:

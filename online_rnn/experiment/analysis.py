@@ -18,8 +18,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from online_rnn.experiment.config import ConfigError
-from online_rnn.experiment.runner import CONFIG_FILE, PROGRESS, RESULTS, SUMMARY, _atomic_write, group_dir_name
+from online_rnn.experiment.loading import import_plugins
+from online_rnn.experiment.schema import ConfigError
+from online_rnn.experiment.storage import (CONFIG_FILE, PROGRESS, RESULTS, SUMMARY, DamagedFile, group_dir_name,
+                                           read_json, read_npz, write_text)
 
 HP_SHORT = {"learning_rate": "lr", "lam": "λ"}
 
@@ -113,24 +115,40 @@ class Results:
 
 
 def load_results(folder: str | Path) -> Results:
-    """Read a results folder written by :func:`online_rnn.experiment.run` (complete or not)."""
+    """Read a results folder written by :func:`online_rnn.experiment.run` (complete or not). A damaged file is
+    a one-line error naming it and what to do."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{folder}: not a results folder (no {CONFIG_FILE}); run `online-rnn run CONFIG` first")
-    data = json.loads(path.read_text())
-    res = Results(folder, data["config"], data["hash"])
+    try:
+        data = read_json(path)
+        res = Results(folder, data["config"], data["hash"])
+    except (DamagedFile, KeyError, TypeError) as err:
+        raise ConfigError(f"{err if isinstance(err, DamagedFile) else f'{path} is damaged'}: this folder's "
+                          f"config is unknown; run the config again into another folder") from None
     for spec in data["config"]["learners"]:
         sub = folder / group_dir_name(spec["label"])
         lr = LearnerResult(spec["label"], spec, best_by=data["config"]["metric"].get("best_by", "error"))
-        if (sub / PROGRESS).exists():
-            lr.progress = json.loads((sub / PROGRESS).read_text())
-        if (sub / RESULTS).exists() and (sub / SUMMARY).exists():
-            lr.summary = json.loads((sub / SUMMARY).read_text())
-            with np.load(sub / RESULTS) as npz:
-                lr.arrays = {k: np.asarray(npz[k]) for k in npz.files}
+        try:
+            if (sub / PROGRESS).exists():
+                lr.progress = read_json(sub / PROGRESS)
+            if (sub / RESULTS).exists() and (sub / SUMMARY).exists():
+                lr.summary = read_json(sub / SUMMARY)
+                lr.arrays = read_npz(sub / RESULTS, ["final", "curve", "diverged_at", "seed"])
+        except DamagedFile as err:
+            raise ConfigError(f"{err}; run the same config into {folder} again to compute it again") from None
         res.learners.append(lr)
     return res
+
+
+def stream(config: dict) -> Any:
+    """The stream of a results folder's config (its plugins imported), for what it declares."""
+    from online_rnn import envs
+
+    import_plugins(config.get("plugins") or [])
+    env_cfg = dict(config["env"])
+    return envs.make(env_cfg.pop("name"), **env_cfg)[0]
 
 
 def parse_best_by(text: str) -> tuple[str, Optional[str]]:
@@ -164,12 +182,13 @@ def ci95(values: np.ndarray) -> float:
 
 
 def metric_name(config: dict) -> str:
+    """The name of the metric, as the objective (its loss) or the stream (an error to a target) declares it."""
+    from online_rnn import objectives
+
     target = config["metric"]["target"]
     if target == "loss":
-        obj = config["objective"]["name"]
-        return {"softmax_cross_entropy": "cross-entropy (nats)", "sigmoid_cross_entropy": "cross-entropy (nats)",
-                "squared_error": "squared error"}.get(obj, f"{obj} loss")
-    return "MSRE" if target == "return" else "MSRE (per-trial return)"
+        return objectives.declared(objectives.factory(config["objective"]["name"]))["loss_name"]
+    return stream(config).metric_names.get(target, f"mean squared error to {target}")
 
 
 def benchmark_title(config: dict) -> str:
@@ -207,13 +226,11 @@ def table(results: list[Results]) -> str:
     first = results[0]
     config = first.config
     name = metric_name(config)
-    is_copy = config["env"]["name"] == "copy_task"
+    extra = list(stream(config).table_columns)  # (title, fn of the final mean) columns the stream declares
     logs = list(config["metric"].get("log") or [])
     head = ["learner", "steps", "best setting", f"final {name}, mean ± 95% CI", "seeds", "diverged (best/all)",
             "params", "FLOPs/step", "seed-steps/s"]
-    if is_copy:
-        head.insert(4, "bits/char")
-    head[4 + is_copy:4 + is_copy] = [f"{log} (end)" for log in logs]
+    head[4:4] = [title for title, _ in extra] + [f"{log} (end)" for log in logs]
     rows: list[tuple[float, list[str]]] = []
     lower_bound = False
     for res in results:
@@ -238,15 +255,14 @@ def table(results: list[Results]) -> str:
             flops_text = ("≥" if s.get("flops_lower_bound") and flops is not None else "") + fmt_count(flops)
             if best is None:
                 row = [tag(lr.label), str(s["steps"]), "all diverged", "n/a"]
-                row += ["n/a"] * is_copy + [""] * len(logs)
+                row += ["n/a"] * len(extra) + [""] * len(logs)
                 row += ["0", f"-/{total_div}", str(s["n_params"]), flops_text, fmt_count(s["seed_steps_per_second"])]
                 rows.append((math.inf, row))
                 continue
             mean, ci = best.mean, best.ci95()
             value = f"{fmt(mean)} ± {fmt(ci, 2)}" if np.isfinite(ci) else f"{fmt(mean)}"
             row = [tag(lr.label), str(s["steps"]), _setting_text(best, lr.swept()), value]
-            if is_copy:
-                row.append(fmt(mean / math.log(2)))
+            row += [fmt(fn(mean)) for _, fn in extra]
             alive = best.runs[lr.arrays["diverged_at"][best.runs] < 0]
             for j, _ in enumerate(logs):
                 vals = lr.arrays["log_final"][alive, j]
@@ -296,5 +312,5 @@ def compare(folders: list[str | Path], write: bool = True) -> str:
         groups.setdefault(res.benchmark_key, []).append(res)
     text = "\n".join(table(group) for group in groups.values())
     if write:
-        _atomic_write(Path(folders[0]) / "comparison.md", lambda fh: fh.write(text.encode()))
+        write_text(Path(folders[0]) / "comparison.md", text)
     return text

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from online_rnn.experiment.analysis import LearnerResult, benchmark_title, ci95, load_results, metric_name
+from online_rnn.experiment.schema import ConfigError
 
 
 def _pyplot():
@@ -52,6 +53,9 @@ def plot(folder: str | Path) -> list[Path]:
     learners = [lr for lr in res.learners if lr.complete]
     if not learners:
         return []
+    if all(lr.best() is None for lr in learners):
+        raise ConfigError(f"{folder}: nothing to plot, every run diverged (see `online-rnn compare {folder}` for "
+                          f"the steps at which they did)")
     colors = dict(zip([lr.label for lr in learners], _colors(len(learners))))
     name = metric_name(res.config)
     title = benchmark_title(res.config)
@@ -62,7 +66,7 @@ def plot(folder: str | Path) -> list[Path]:
     positive = True
     for lr in learners:
         best = lr.best()
-        if best is None:
+        if best is None:  # every run of this learner diverged: nothing to draw
             continue
         alive = best.runs[lr.arrays["diverged_at"][best.runs] < 0]
         if not alive.size:

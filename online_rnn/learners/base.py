@@ -16,7 +16,6 @@ rebuilt with other parameters by ``state._replace(params=...)``. ``info`` is a :
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -165,7 +164,13 @@ def as_options(options: Any) -> Options:
 check_positive_int = checks.positive_int
 
 
+class MissingCell(ValueError):
+    """A learner that needs a cell got none (configs report it as a missing ``cell`` key)."""
+
+
 def check_learner_args(cell: Any, input_size: Any, output_size: Any, objective: Any, optimizer: Any) -> None:
+    if cell is None:
+        raise MissingCell("cell is required (e.g. cells.lstm(4))")
     if not isinstance(cell, Cell):
         raise ValueError(f"cell must be an online_rnn.cells.Cell (e.g. cells.lstm(4)), got {type(cell).__name__}")
     checks.positive_int("input_size", input_size)
@@ -421,11 +426,3 @@ def build(
         n_params = param_count(shapes.params) - cells.absent_weights(cell)
     return Learner(init=init, step=step, name=name, input_size=input_size, output_size=output_size,
                    n_params=n_params, path=credit.path)
-
-
-def check_kwargs(factory: Callable, kwargs: dict, what: str) -> None:
-    """Raise a one-line ValueError for keyword arguments the factory does not take."""
-    allowed = [p for p in inspect.signature(factory).parameters]
-    unknown = [k for k in kwargs if k not in allowed]
-    if unknown:
-        raise ValueError(f"{what}: unknown argument {unknown[0]!r}; allowed: {', '.join(allowed)}")

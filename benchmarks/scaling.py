@@ -12,7 +12,7 @@ XLA's temporary buffers for the compiled run (``compiled.memory_analysis()``).
 The slope is fitted on the two largest sizes, against units and against the number of parameters. Columnar
 networks have O(units) parameters; dense SnAp-1, constructive and hybrid networks have O(units^2) (every unit
 reads every other / every earlier unit), so "linear" for them means linear in parameters, which is the claim
-of the paper (``seeds/columnar_constructive_rtrl_paper.md``: O(n) per step for n parameters).
+of the paper (Javed, Shah, Sutton & White, JMLR 2023: O(n) per step for n parameters).
 """
 
 from __future__ import annotations

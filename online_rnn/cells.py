@@ -19,7 +19,7 @@ matrix leaf indexes the gates (the one exception: a diagonal cell's output-only 
 Every carry leaf has shape ``(n_units,)``. Within one step, unit ``i``'s new carry depends on the whole previous
 hidden vector (a diagonal cell's: on its own carry only) but only on its own parameters ``leaf[i]``; this is the
 structure SnAp-1 and the columnar learners rely on. ``lstm(1)`` is the one-unit LSTM column of the paper's
-Appendix A (``seeds/columnar_constructive_rtrl_paper.md``).
+Appendix A (Javed, Shah, Sutton & White, JMLR 2023).
 
 Dtypes follow JAX's default float type: with ``jax_enable_x64`` on, parameters and carries are float64.
 """

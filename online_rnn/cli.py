@@ -29,14 +29,9 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from online_rnn.machine import cores
+
 PROG = "online-rnn"
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def use_all_cores() -> None:

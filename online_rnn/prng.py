@@ -81,6 +81,8 @@ def signs(key: jax.Array, n: int, dtype: Any = jnp.float32) -> jax.Array:
     """``n`` independent random signs (+1 or -1, each with probability 1/2) from ``ceil(n / 32)`` words: one bit
     per sign."""
     words = bits(key, -(-n // 32))
-    i = np.arange(n)
-    bit = (words[i // 32] >> jnp.asarray(i % 32, jnp.uint32)) & np.uint32(1)
+    # broadcast and slice, not a gather of words[i // 32]: XLA's CPU compiler took minutes on that gather once
+    # it read two or more words of the hash (n > 32)
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    bit = ((words[:, None] >> shifts[None, :]) & np.uint32(1)).reshape(-1)[:n]
     return jnp.where(bit == 1, 1.0, -1.0).astype(dtype)

@@ -1,4 +1,4 @@
-"""Tests of the benchmark streams (issue 4): the contract, the published statistics, the exact return.
+"""Tests of the benchmark streams: the contract, the published statistics, the exact return.
 
 Statistical tests use long streams (``lax.scan`` over steps, ``vmap`` over keys) and compare each estimate
 with its expected value within 5 standard errors: a correct stream fails one such check with probability

@@ -1,11 +1,11 @@
-"""Hand-derived recursions from ../shared/seeds agree with what autodiff computes.
+"""Hand-derived recursions agree with what autodiff computes.
 
-* Appendix A of ``columnar_constructive_rtrl_paper.md``: the forward-mode traces TH = dh/dtheta and
+* Appendix A of Javed, Shah, Sutton & White (JMLR 2023): the forward-mode traces TH = dh/dtheta and
   TC = dc/dtheta of a one-unit LSTM column equal RTRL's influence matrix for ``cells.lstm(1)``.
-* ``vanilla_rnn_bptt_derivation.md`` (section 2): the BPTT formulas for a tanh RNN with a softmax readout equal
+* A textbook derivation of BPTT for a vanilla RNN: the BPTT formulas for a tanh RNN with a softmax readout equal
   ``jax.grad`` and the ``bptt`` learner.
 
-Where a seed disagrees with the chain rule, the test says so and shows that the literal formula is wrong.
+Where a written derivation disagrees with the chain rule, the test says so and shows that the literal formula is wrong.
 """
 
 import jax
@@ -100,18 +100,18 @@ def test_appendix_a_literal_typo_disagrees_with_chain_rule(x64):
     np.testing.assert_allclose(oracle[0][1][w_f0], true_tc_wf, rtol=1e-9)
 
 
-# ------------------------------------------------------------------------------- vanilla RNN (seed section 2)
+# ------------------------------------------------------------------------------- vanilla RNN (textbook derivation)
 
 D, IN, C, T = 4, 3, 3, 9
 
 
-def _seed_bptt(U, W, V, xs, ys):
-    """Section 2 of vanilla_rnn_bptt_derivation.md: z_t = U x_t + W s_{t-1}, s_t = tanh z_t, g_t = V s_t,
-    L = sum_t -y_t . log softmax(g_t), s_0 = 0. Gradients from eqs. (44), (54), (56) and the recursion of
-    eqs. (105)-(112) (column-vector form): dL_t/dz_t = (V^T (yhat_t - y_t)) * (1 - s_t^2),
+def _derived_bptt(U, W, V, xs, ys):
+    """The textbook BPTT derivation for a vanilla RNN: z_t = U x_t + W s_{t-1}, s_t = tanh z_t, g_t = V s_t,
+    L = sum_t -y_t . log softmax(g_t), s_0 = 0. Gradients written out by hand (column-vector form):
+    dL_t/dg_t = yhat_t - y_t, dL_t/dV = dL_t/dg_t s_t^T, dL_t/dz_t = (V^T (yhat_t - y_t)) * (1 - s_t^2),
     dL_t/dz_{k-1} = (W^T dL_t/dz_k) * (1 - s_{k-1}^2), dL_t/dW += dL_t/dz_k s_{k-1}^T, dL_t/dU += dL_t/dz_k x_k^T.
 
-    Typo: eq. (108) writes the tanh derivative as (I - S) o S; the chain rule gives 1 - S^2 (as in eq. 62).
+    The tanh derivative is 1 - s^2 (a form sometimes misprinted as (1 - s) s, the logistic sigmoid's).
     """
     s = [np.zeros(D)]
     for x in xs:
@@ -120,9 +120,9 @@ def _seed_bptt(U, W, V, xs, ys):
     for t in range(1, len(xs) + 1):
         g = V @ s[t]
         yhat = np.exp(g - g.max()) / np.exp(g - g.max()).sum()
-        dg = yhat - ys[t - 1]  # eq. (44)
-        gV += np.outer(dg, s[t])  # eq. (54)
-        dz = (V.T @ dg) * (1 - s[t] ** 2)  # eqs. (56), (62)
+        dg = yhat - ys[t - 1]  # d L_t / d g_t
+        gV += np.outer(dg, s[t])  # d L_t / d V
+        dz = (V.T @ dg) * (1 - s[t] ** 2)  # d L_t / d z_t
         for k in range(t, 0, -1):
             gW += np.outer(dz, s[k - 1])
             gU += np.outer(dz, xs[k - 1])
@@ -137,13 +137,13 @@ def test_vanilla_rnn_bptt_formulas_equal_autodiff_and_bptt_learner(x64):
     learner = learners.bptt(cell, IN, C, objectives.softmax_cross_entropy(), optax.sgd(0.0), seq_len=T)
     state = learner.init(jax.random.PRNGKey(2))
     params = randomise(state.params, jax.random.PRNGKey(3))
-    # the seed's model has no biases
+    # the derivation's model has no biases
     params["cell"] = params["cell"]._replace(b=jnp.zeros_like(params["cell"].b))
     params["readout"]["b"] = jnp.zeros_like(params["readout"]["b"])
     state = state._replace(params=params)
     U, W, V = params["cell"].w_x[:, 0, :], params["cell"].w_h[:, 0, :], params["readout"]["w"]
 
-    gU, gW, gV = _seed_bptt(np.asarray(U), np.asarray(W), np.asarray(V), np.asarray(xs), np.asarray(ys))
+    gU, gW, gV = _derived_bptt(np.asarray(U), np.asarray(W), np.asarray(V), np.asarray(xs), np.asarray(ys))
 
     def total_loss(U, W, V):
         s, tot = jnp.zeros(D), 0.0
@@ -153,8 +153,8 @@ def test_vanilla_rnn_bptt_formulas_equal_autodiff_and_bptt_learner(x64):
         return tot
 
     aU, aW, aV = jax.grad(total_loss, argnums=(0, 1, 2))(U, W, V)
-    for seed_g, auto_g in ((gU, aU), (gW, aW), (gV, aV)):
-        np.testing.assert_allclose(seed_g, auto_g, rtol=1e-9, atol=1e-12)
+    for derived_g, auto_g in ((gU, aU), (gW, aW), (gV, aV)):
+        np.testing.assert_allclose(derived_g, auto_g, rtol=1e-9, atol=1e-12)
 
     _, infos = scan_learner(learner, state, xs, ys)
     g = jax.tree.map(lambda a: a[-1], infos.grads)
@@ -163,10 +163,10 @@ def test_vanilla_rnn_bptt_formulas_equal_autodiff_and_bptt_learner(x64):
     np.testing.assert_allclose(g["readout"]["w"], gV, rtol=1e-9, atol=1e-12)
 
 
-def test_vanilla_rnn_seed_eq63_commuted_product_is_wrong(x64):
-    """Eq. (63) writes ds_t/ds_k = W^{t-k} prod_i ds_i/dz_i, commuting W past the diagonal factors; matrices do
-    not commute, and the chain rule gives the ordered product prod_i (diag(1 - s_i^2) W). Autodiff agrees with
-    the ordered product and not with eq. (63)."""
+def test_vanilla_rnn_commuted_jacobian_product_is_wrong(x64):
+    """A shortcut sometimes written in BPTT derivations, ds_t/ds_k = W^{t-k} prod_i ds_i/dz_i, commutes W past
+    the diagonal factors; matrices do not commute, and the chain rule gives the ordered product
+    prod_i (diag(1 - s_i^2) W). Autodiff agrees with the ordered product and not with the shortcut."""
     key = jax.random.PRNGKey(7)
     U = jax.random.normal(key, (D, IN))
     W = jax.random.normal(jax.random.fold_in(key, 1), (D, D))
@@ -185,6 +185,6 @@ def test_vanilla_rnn_seed_eq63_commuted_product_is_wrong(x64):
         s = jnp.tanh(U @ x + W @ s)
         ordered = jnp.diag(1 - s**2) @ W @ ordered
         commuted_diag = jnp.diag(1 - s**2) @ commuted_diag
-    eq63 = jnp.linalg.matrix_power(W, len(xs)) @ commuted_diag
+    shortcut = jnp.linalg.matrix_power(W, len(xs)) @ commuted_diag
     np.testing.assert_allclose(jac, ordered, rtol=1e-9, atol=1e-12)
-    assert float(jnp.max(jnp.abs(eq63 - jac))) > 1e-3
+    assert float(jnp.max(jnp.abs(shortcut - jac))) > 1e-3

@@ -1,7 +1,7 @@
 """The add task (Marschall, Cho & Savin, "A unified framework of online learning algorithms for training
 recurrent neural networks", JMLR 21(135), 2020; the task follows Pitis 2016).
 
-Spec (the issue "Benchmarks as pure, jittable streams"; the formula also agrees with the authors' public code,
+Spec (the formula agrees with the authors' public code,
 ``gen_data/Add_Task.py`` of their ``vanilla-rtrl`` repository):
 
 - Input ``x_t ~ Bernoulli(0.5)``, i.i.d., shown as a one-hot pair ``obs_t = [1 - x_t, x_t]`` (the reference
@@ -13,7 +13,7 @@ Spec (the issue "Benchmarks as pure, jittable streams"; the formula also agrees 
   reference numbers below hold for both (the sampled version only adds variance).
 - Objective: softmax cross-entropy in nats (``default_objective = "softmax_cross_entropy"``).
 
-Reference cross-entropies (the levels the issue quotes from Marschall et al. 2020; the paper's text could not be
+Reference cross-entropies (the levels reported by Marschall et al. 2020; the paper's text could not be
 checked here, and the authors' code marks 0.66 and 0.45 in its example plot). They follow from the definition,
 as the entropies below, and ``tests/test_envs.py`` recomputes them:
 

@@ -1,9 +1,9 @@
-"""The copy task with an online curriculum, as the issue "Benchmarks as pure, jittable streams" specifies it.
+"""The copy task with an online curriculum.
 
 Background: the copy task with a curriculum on the sequence length is the benchmark of Mujika, Meier & Steger,
 "Approximating real-time recurrent learning with random Kronecker factors" (NeurIPS 2018), on which T-BPTT
-fails beyond its truncation window (the seed paper cites it for this). The input encoding ``[start, flag, bit]``,
-the error measure and the thresholds below are the issue's; the published curricula may differ in detail (for
+fails beyond its truncation window (Javed et al. 2023 cite it for this). The input encoding ``[start, flag, bit]``,
+the error measure and the thresholds below are this library's choices; the published curricula may differ in detail (for
 instance in measuring the loss in bits per character rather than the fraction of wrong bits).
 
 Layout. Observations are ``[start, flag, bit]``. A sequence of length ``L`` takes ``2 L + 2`` steps:

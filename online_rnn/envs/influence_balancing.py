@@ -2,7 +2,7 @@
 influence-balancing experiment): a parameter whose short-term effect on the loss has the opposite sign of its
 long-term effect, so that truncated BPTT with a short truncation moves it the wrong way.
 
-Spec (the issue "Benchmarks as pure, jittable streams"; the numbers also agree with Google Research's
+Spec (the numbers agree with Google Research's
 re-implementation ``persistent_es/influence_balancing.py``, which follows the UORO paper's description):
 
 - A linear system of ``n = 23`` units, ``s_t = A s_{t-1} + theta * sigma`` with ``A = 0.5 I + 0.5 U`` (``U`` the

@@ -1,7 +1,7 @@
 """Noisy patterning (Rafiee et al., "From eye-blinks to state construction: diagnostic benchmarks for online
 representation learning", Adaptive Behavior 31(1):3-19, 2023; arXiv:2011.04590, the noisy-patterning task).
 
-Spec (the issue "Benchmarks as pure, jittable streams"; the fixed ISI and the pulse lengths also agree with the
+Spec (the fixed ISI and the pulse lengths agree with the
 authors' reference implementation, class ``NoisyPatterning`` of ``classical_conditioning_benchmarks.py``, which
 sets the ISI range to ``(CS length, CS length)``):
 

@@ -1,7 +1,7 @@
 """Trace conditioning (Rafiee et al., "From eye-blinks to state construction: diagnostic benchmarks for online
 representation learning", Adaptive Behavior 31(1):3-19, 2023; arXiv:2011.04590, the trace-conditioning task).
 
-Spec (numbers from the issue "Benchmarks as pure, jittable streams", which follows the paper; the pulse
+Spec (numbers from the paper; the pulse
 lengths, the ISI rule and the distractor probabilities agree with the authors' public reference implementation,
 ``classical_conditioning_benchmarks.py``, and its experiment script):
 

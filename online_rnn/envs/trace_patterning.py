@@ -4,10 +4,10 @@ Sources. Rafiee et al., "From eye-blinks to state construction: diagnostic bench
 learning", Adaptive Behavior 31(1):3-19, 2023 (arXiv:2011.04590), the trace-patterning task, and the authors'
 public reference implementation (``classical_conditioning_benchmarks.py``, class ``TracePatterning``, and its
 experiment script ``exp.py``). Javed, Shah, Sutton & White, "Scalable real-time recurrent learning using
-columnar-constructive networks", JMLR 2023 (arXiv:2302.05326; the seed paper of this library), whose
+columnar-constructive networks", JMLR 2023 (arXiv:2302.05326; the paper this library started from), whose
 trace-patterning runs use the authors' C++ environment (``tracepatterning.cpp`` and
-``experiment_animal_learning.cpp`` of their public repository). The numbers below are the issue's
-("Benchmarks as pure, jittable streams"); where they come from is noted.
+``experiment_animal_learning.cpp`` of their public repository). Where each number below comes from is
+noted.
 
 Rafiee variant (``variant="rafiee"``)
   - ``n`` CSs (default 6), each a 4-step pulse at the trial's onset; ``k`` activation patterns (default 10), each
@@ -21,7 +21,7 @@ Rafiee variant (``variant="rafiee"``)
   - ``ISI ~ U{ISI0 - floor(ISI0/3) .. ISI0 + floor(ISI0/3)}`` (ISI0 = 10: 7..13), ``ITI ~ U{80..120}`` from the
     US onset to the next CS onset, trial = ``ISI + ITI`` steps, ``gamma = 1 - 1/ISI0`` = 0.9 (as in trace
     conditioning, :mod:`online_rnn.envs.trace_conditioning`).
-  - ``m`` distractors, each on with probability 0.5 at the CS onset, as a 4-step pulse. The issue gives no
+  - ``m`` distractors, each on with probability 0.5 at the CS onset, as a 4-step pulse. No source here gives a
     default ``m``; 5 is used, the number in the CCN authors' PyTorch prototype that runs this environment
     (``columnar_networks/NoisyPatterns.py``). The paper's own number could not be checked.
   - Observation ``[US, CS_1 .. CS_n, D_1 .. D_m]``.

@@ -20,7 +20,6 @@ import yaml
 
 from online_rnn.experiment.schema import ConfigError, ConfigWarning
 
-PACKAGE_CONFIGS = "online_rnn.configs"  # the shipped configs, package data
 
 
 class _Loader(yaml.SafeLoader):
@@ -176,6 +175,10 @@ def import_plugins(modules: Iterable[str], where: str = "plugins") -> tuple[str,
         try:
             if name.endswith(".py"):
                 path = Path(name).resolve()
+                if any(getattr(m, "__file__", None) and Path(m.__file__).resolve() == path
+                       for m in list(sys.modules.values())):
+                    done.append(name)  # imported already (by name or by path): its registrations stand
+                    continue
                 spec = importlib.util.spec_from_file_location(path.stem, path)
                 if spec is None or not path.is_file():
                     raise ModuleNotFoundError(f"no file {path}")
@@ -194,17 +197,19 @@ def import_plugins(modules: Iterable[str], where: str = "plugins") -> tuple[str,
 
 
 def config_dirs() -> list[Path]:
-    """Where configs are looked up by name: ./configs, then the configs shipped with the package."""
+    """Where configs are looked up by name: ./configs, then the configs shipped with the package (installed as
+    ``online_rnn/configs``; in a source checkout, its top-level ``configs``)."""
+    package = Path(__file__).resolve().parent.parent
     dirs = [Path.cwd() / "configs"]
-    try:
-        from importlib import resources
-
-        shipped = Path(str(resources.files(PACKAGE_CONFIGS)))
-        if shipped.is_dir() and all(shipped.resolve() != d.resolve() for d in dirs if d.is_dir()):
+    for shipped in (package / "configs", package.parent / "configs"):
+        if shipped.is_dir() and any(shipped.glob("*.yaml")):
             dirs.append(shipped)
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return [d for d in dirs if d.is_dir()]
+            break
+    unique: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and all(d.resolve() != u.resolve() for u in unique):
+            unique.append(d)
+    return unique
 
 
 def find_config(name: str) -> Path:

@@ -11,7 +11,6 @@ run. The folder is locked while a run writes it (:class:`~online_rnn.experiment.
 from __future__ import annotations
 
 import difflib
-import os
 import shutil
 import threading
 import time
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 
 from online_rnn.experiment import storage
+from online_rnn.machine import cores
 from online_rnn.experiment.accumulate import Accumulators, Blocks
 from online_rnn.experiment.groups import Group, resolve_layout
 from online_rnn.experiment.runfn import RunCarry
@@ -96,14 +96,6 @@ def run(
 
 def traces(groups: list[Group]) -> dict:
     return {g.spec.label: g.n_traces for g in groups}
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def clear(out: str | Path) -> None:

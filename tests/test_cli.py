@@ -139,3 +139,28 @@ def test_find_config_by_name():
         assert cli.find_config("demo").name == "demo.yaml"
     with pytest.raises(FileNotFoundError, match="config not found"):
         cli.find_config("no_such_config_anywhere")
+
+
+def test_the_wheel_ships_the_configs_and_finds_them_in_any_folder(tmp_path):
+    """``online-rnn run demo`` from an installed wheel: the configs are package data (online_rnn/configs), found
+    by name from a folder that has none."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path / "wheel"), str(root)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("online_rnn-*.whl")
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {p.name for p in (root / "configs").glob("*.yaml")}
+    assert shipped and {f"online_rnn/configs/{n}" for n in shipped} <= names
+    assert "online_rnn/py.typed" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = ("import online_rnn; from online_rnn.experiment import loading; "
+            "print(online_rnn.__file__); print(loading.find_config('demo'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, check=True, capture_output=True,
+                         text=True).stdout.split()
+    assert out[0].startswith(str(site)) and out[1] == str(site / "online_rnn" / "configs" / "demo.yaml")

@@ -1,8 +1,9 @@
 """``python -m online_rnn.demo``: a small version of the paper's trace-patterning comparison.
 
-Runs ``configs/demo.yaml`` (every learner of ``configs/trace_patterning.yaml`` at a small budget), then prints the
-comparison table and writes it with the figures to ``results/demo``. Extra arguments are config overrides, e.g.
-``python -m online_rnn.demo steps=100000 sweep.seeds=2``; ``--out DIR`` picks another results folder. Running
+Runs ``configs/demo.yaml`` (the columnar, constructive and hybrid networks, SnAp-1 and T-BPTT of
+``configs/trace_patterning.yaml`` at 1/25 of the paper's steps; the config's header says what was cut), then
+prints the comparison table and writes it with the figures to ``results/demo``. Extra arguments are config
+overrides, e.g. ``python -m online_rnn.demo budget=0.01 sweep.seeds=2``; ``--out DIR`` picks another results folder. Running
 it again reuses finished results (and resumes an interrupted run).
 """
 

@@ -86,9 +86,13 @@ CPU_COMPILER_OPTIONS = {
 }
 
 
-# ``auto`` keeps a learner whose per-run state is larger than this many numbers seed-major: its loops are long
-# within one run already (exact RTRL beyond ~20 units), and padding its run axis would cost more than it gains.
-RUNS_LAST_MAX_STATE = 1 << 17
+# ``auto`` keeps a learner whose per-run state is larger than this many numbers seed-major: its work is large
+# contractions (an influence matrix times a Jacobian), which run as matrix products within one run, while with
+# the runs last they become batched products with the batch innermost, which XLA's CPU backend runs far slower.
+# Measured on 2 cores (add task): exact RTRL on elman(32) (37k numbers per run) 17k seed-steps/s runs-last
+# (20 runs) against 35k seed-major (12 runs); SnAp-2 on a sparse elman(48) (120k numbers) 1.3k against 1.6k.
+# Exact RTRL on lstm(8) (13k numbers) still gains from the runs last (0.17M against 0.10M).
+RUNS_LAST_MAX_STATE = 1 << 14
 
 
 def resolve_layout(layout: str, n_runs: int = RUN_QUANTUM, state_size: int = 0) -> str:

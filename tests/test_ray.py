@@ -32,11 +32,11 @@ CONFIG = {
     "name": "ray_tiny",
     "env": {"name": "trace_conditioning"},
     "objective": {"lam": 0.9},
-    "steps": 300,
-    "chunk": 50,
-    "metric": {"window": 100, "bins": 3},
-    # 40 runs, runs-last: tasks of 16 runs are 16 + 16 + 8, of 32 runs 32 + 8 (the last padded, as it is locally)
-    "sweep": {"seeds": 20, "learning_rate": [0.01, 0.001]},
+    "steps": 500,
+    "chunk": 5,  # 100 chunks: a driver can be killed mid-way
+    "metric": {"window": 50, "bins": 4},
+    # 24 runs, runs-last (padded to 32 locally): tasks of 16 runs are 16 + 8 (padded), tasks of 32 runs one task
+    "sweep": {"seeds": 12, "learning_rate": [0.01, 0.001]},
     "learners": [
         {"name": "columnar", "n_columns": 2, "optimizer": {"name": "sgd"}},
         # 6 runs: the vmap layout, one task
@@ -81,26 +81,24 @@ def local(tmp_path_factory) -> Path:
 
 
 def test_any_shards_give_the_local_bits_and_the_local_folder(cluster, local, tmp_path, capsys):
-    out = tmp_path / "tasks_of_16"
-    report = distributed.run(on_ray(CONFIG, runs_per_task=16), out, progress=False, flops=False)
+    out = tmp_path / "api"
+    report = distributed.run(on_ray(CONFIG, runs_per_task=16), out, progress=False)
     assert report.complete and sorted(report.labels_done) == ["columnar", "small"]
-    assert report.starts == {"columnar[0:16]": [0], "columnar[16:32]": [0], "columnar[32:40]": [0],
-                             "small[0:6]": [0]}
+    assert report.starts == {"columnar[0:16]": [0], "columnar[16:24]": [0], "small[0:6]": [0]}
     same_results(local, out, ["columnar", "small"])
     assert not (out / "learners" / "columnar" / "shards").exists()
     summary = json.loads((out / "learners" / "columnar" / "summary.json").read_text())
-    assert summary["executor"]["tasks"] == 3 and summary["layout"] == "runs_last"
+    assert summary["executor"]["tasks"] == 2 and summary["layout"] == "runs_last" and summary["flops_per_step"] > 0
     assert json.loads((out / "learners" / "small" / "summary.json").read_text())["layout"] == "vmap"
 
-    # the command line, with tasks of 32 runs (`--ray` followed by an override, not an address)
+    # the command line (`--ray` followed by an override, not an address); compare and plot read its folder
     config_path = tmp_path / "ray_tiny.yaml"
     config_path.write_text(yaml.safe_dump(CONFIG))
-    cli_out = tmp_path / "tasks_of_32"
+    cli_out = tmp_path / "cli"
     assert cli.main(["run", str(config_path), "--out", str(cli_out), "--quiet", "--no-cache", "--ray",
-                     "executor.runs_per_task=32"]) == 0
+                     "executor.runs_per_task=16"]) == 0
     printed = capsys.readouterr().out
-    assert "on the Ray cluster" in printed and "32 runs per task" in printed and "| columnar |" in printed
-    assert json.loads((cli_out / "learners" / "columnar" / "summary.json").read_text())["executor"]["tasks"] == 2
+    assert "on the Ray cluster" in printed and "16 runs per task" in printed and "| columnar |" in printed
     same_results(local, cli_out, ["columnar", "small"])
     assert cli.main(["compare", str(cli_out)]) == 0 and "| small |" in capsys.readouterr().out
     assert cli.main(["plot", str(cli_out)]) == 0
@@ -108,56 +106,57 @@ def test_any_shards_give_the_local_bits_and_the_local_folder(cluster, local, tmp
 
 
 def test_a_killed_worker_is_retried_from_its_last_checkpoint(cluster, local, tmp_path):
-    """The worker of one task is killed after its first chunk; the task can be at most two chunks further (the
-    generator's backpressure) of six, so it is lost mid-way, and its retry starts from a saved chunk."""
+    """Tasks of up to 32 runs (the columnar sweep is one); the worker of one is killed after its first chunk. The
+    task can be at most two chunks further (the generator's backpressure) of 100, so it is lost mid-way, and its
+    retry starts from a saved chunk."""
     killed = {}
 
     def kill(shard: str, t: int, pid: int) -> None:
-        if shard == "columnar[16:32]" and not killed:
+        if shard == "columnar[0:24]" and not killed:
             os.kill(pid, signal.SIGKILL)
             killed[shard] = t
 
     out = tmp_path / "killed_worker"
-    with pytest.warns(distributed.TaskRetried, match=r"columnar\[16:32\]: task lost"):
-        report = distributed.run(on_ray(CONFIG, runs_per_task=16), out, progress=False, flops=False, on_chunk=kill)
-    assert killed == {"columnar[16:32]": 50}
-    assert report.complete and report.retries == {"columnar[16:32]": 1}
-    first, again = report.starts["columnar[16:32]"]
-    assert first == 0 and 50 <= again < 300, report.starts  # resumed from a checkpoint, not from the start
+    with pytest.warns(distributed.TaskRetried, match=r"columnar\[0:24\]: task lost"):
+        report = distributed.run(on_ray(CONFIG, runs_per_task=32), out, progress=False, flops=False, on_chunk=kill)
+    assert killed == {"columnar[0:24]": 5}
+    assert report.complete and report.retries == {"columnar[0:24]": 1}
+    first, again = report.starts["columnar[0:24]"]
+    assert first == 0 and 5 <= again < CONFIG["steps"], report.starts  # from a checkpoint, not from the start
+    assert report.starts["small[0:6]"] == [0]
     same_results(local, out, ["columnar", "small"])
 
 
-LONG = {**CONFIG, "name": "ray_long", "steps": 4000, "chunk": 20, "metric": {"window": 400, "bins": 4},
-        "sweep": {"seeds": 16, "learning_rate": [0.01]}, "learners": [CONFIG["learners"][0]]}
-
-
-def test_a_killed_driver_is_resumed_by_the_next_one(cluster, tmp_path):
-    """A driver in its own process (the CLI, connected to the cluster) is killed once its task has saved a
-    chunk of 200; the next driver resumes the task from that chunk, and the results are the local run's."""
-    config_path = tmp_path / "ray_long.yaml"
-    config_path.write_text(yaml.safe_dump(LONG))
+def test_a_killed_driver_is_resumed_by_the_next_one(cluster, local, tmp_path):
+    """A driver in its own process (the CLI, connected to the cluster) is killed once a task has saved its
+    first chunk; the next driver resumes every task from its last checkpoint, and the results are the local
+    run's."""
+    config_path = tmp_path / "ray_tiny.yaml"
+    config_path.write_text(yaml.safe_dump(CONFIG))
     out = tmp_path / "killed_driver"
     env = dict(os.environ, ONLINE_RNN_CACHE="0",
                PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     driver = subprocess.Popen([sys.executable, "-m", "online_rnn.cli", "run", str(config_path), "--out", str(out),
                                "--quiet", "--ray", cluster, "executor.runs_per_task=16"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    checkpoint = out / "learners" / "columnar" / "shards" / "0-16" / "checkpoint.npz"
+    shards = out / "learners" / "columnar" / "shards"
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and driver.poll() is None and time.monotonic() < deadline:
+    while not list(shards.glob("*/checkpoint.npz")) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     driver.send_signal(signal.SIGKILL)
     _, stderr = driver.communicate(timeout=60)
-    assert checkpoint.exists(), stderr
-    with np.load(checkpoint) as saved:
-        t = json.loads(str(saved["meta"]))["t"]
-    assert 0 < t < LONG["steps"], "the first driver finished before it was killed"
+    saved = {}
+    for path in sorted(out.glob("learners/*/shards/*/checkpoint.npz")):
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+        saved[meta["label"]] = meta["t"]
+    assert saved, stderr
+    assert any(0 < t < CONFIG["steps"] for t in saved.values()), f"the first driver was not stopped mid-way: {saved}"
 
-    report = distributed.run(on_ray(LONG, runs_per_task=16), out, progress=False, flops=False)
-    assert report.complete and report.starts == {"columnar[0:16]": [t]}
-    reference = tmp_path / "local"
-    experiment.run(experiment.resolve(LONG), reference, progress=False, flops=False)
-    same_results(reference, out, ["columnar"])
+    report = distributed.run(on_ray(CONFIG, runs_per_task=16), out, progress=False, flops=False)
+    names = ["columnar[0:16]", "columnar[16:24]", "small[0:6]"]
+    assert report.complete and report.starts == {name: [saved.get(name, 0)] for name in names}
+    same_results(local, out, ["columnar", "small"])
 
 
 def test_a_task_that_fails_stops_the_run_with_its_one_line_error(cluster, tmp_path, monkeypatch, capsys):

@@ -172,10 +172,13 @@ def run(
 
 
 def _connect(ray: Any, address: Optional[str]) -> None:
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)  # a cluster on this machine, for this run
-    else:
-        ray.init(address=address, logging_level=logging.WARNING)
+    with warnings.catch_warnings():
+        # JAX warns at every fork of a process that runs it; Ray forks only to exec its own processes
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        if address is None and not os.environ.get("RAY_ADDRESS"):  # a cluster on this machine, for this run
+            ray.init(include_dashboard=False, logging_level=logging.ERROR)
+        else:
+            ray.init(address=address, logging_level=logging.ERROR)
 
 
 def _check_cluster(ray: Any, ex: dict) -> None:
@@ -286,12 +289,11 @@ def _drive(ray: Any, exp: Experiment, shards: dict, layout: str, plugins: tuple,
         sh.gen = remote.options(name=f"online_rnn {sh.name}", **options).remote(
             exp, sh.spec.label, sh.start, sh.stop, layout, sh.saved, every_plugin, flops and sh.start == 0, cache)
 
-    show = _Progress(shards, progress)
     running = [sh for group in shards.values() for sh in group if not sh.done]
-    n_tasks = len(running)
     if progress:
-        print(f"ray: {n_tasks} task(s) of up to {ex['runs_per_task']} runs for {len(shards)} learner(s), "
+        print(f"ray: {len(running)} task(s) of up to {ex['runs_per_task']} runs for {len(shards)} learner(s), "
               f"{ex['cpus_per_task']} CPU(s) and {ex['gpus_per_task']:g} GPU(s) each", flush=True)
+    show = _Progress(shards, progress)
     for sh in running:
         submit(sh)
     chunks = 0
@@ -403,7 +405,7 @@ class _Progress:
         state = self.state(label)
         bar.n = state["steps_done"]
         rate = state["seed_steps_per_second"]
-        shown = f"{rate:,.0f} seed-steps/s" if rate else "waiting"
+        shown = "done" if state["tasks_done"] == state["tasks"] else f"{rate:,.0f} seed-steps/s" if rate else "waiting"
         bar.set_postfix_str(f"{shown}, {state['tasks_running']} running, {state['tasks_done']}/{state['tasks']} "
                             f"tasks done", refresh=False)
         bar.refresh()

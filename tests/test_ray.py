@@ -80,29 +80,27 @@ def local(tmp_path_factory) -> Path:
     return out
 
 
-def test_any_shards_give_the_local_bits_and_the_local_folder(cluster, local, tmp_path, capsys):
-    out = tmp_path / "api"
-    report = distributed.run(on_ray(CONFIG, runs_per_task=16), out, progress=False)
-    assert report.complete and sorted(report.labels_done) == ["columnar", "small"]
-    assert report.starts == {"columnar[0:16]": [0], "columnar[16:24]": [0], "small[0:6]": [0]}
-    same_results(local, out, ["columnar", "small"])
-    assert not (out / "learners" / "columnar" / "shards").exists()
-    summary = json.loads((out / "learners" / "columnar" / "summary.json").read_text())
-    assert summary["executor"]["tasks"] == 2 and summary["layout"] == "runs_last" and summary["flops_per_step"] > 0
-    assert json.loads((out / "learners" / "small" / "summary.json").read_text())["layout"] == "vmap"
-
-    # the command line (`--ray` followed by an override, not an address); compare and plot read its folder
+def test_the_command_line_on_ray_gives_the_local_bits_and_folder(cluster, local, tmp_path, capsys):
+    """``--ray`` (followed by an override, not an address) with tasks of 16 runs: the columnar sweep is two
+    tasks (16 and 8 runs), the small one a task; ``compare`` and ``plot`` read the folder."""
     config_path = tmp_path / "ray_tiny.yaml"
     config_path.write_text(yaml.safe_dump(CONFIG))
-    cli_out = tmp_path / "cli"
-    assert cli.main(["run", str(config_path), "--out", str(cli_out), "--quiet", "--no-cache", "--ray",
+    out = tmp_path / "cli"
+    assert cli.main(["run", str(config_path), "--out", str(out), "--quiet", "--no-cache", "--ray",
                      "executor.runs_per_task=16"]) == 0
     printed = capsys.readouterr().out
     assert "on the Ray cluster" in printed and "16 runs per task" in printed and "| columnar |" in printed
-    same_results(local, cli_out, ["columnar", "small"])
-    assert cli.main(["compare", str(cli_out)]) == 0 and "| small |" in capsys.readouterr().out
-    assert cli.main(["plot", str(cli_out)]) == 0
-    assert (cli_out / "learning_curves.png").stat().st_size > 1000
+    same_results(local, out, ["columnar", "small"])
+    assert sorted(p.name for p in (out / "learners" / "columnar").iterdir()) == ["progress.json", "results.npz",
+                                                                                  "summary.json"]
+    summary = json.loads((out / "learners" / "columnar" / "summary.json").read_text())
+    assert summary["executor"]["runs_per_task"] == [16, 8] and summary["layout"] == "runs_last"
+    assert summary["flops_per_step"] > 0 and summary["runs"] == 24
+    small = json.loads((out / "learners" / "small" / "summary.json").read_text())
+    assert small["executor"]["runs_per_task"] == [6] and small["layout"] == "vmap"
+    assert cli.main(["compare", str(out)]) == 0 and "| small |" in capsys.readouterr().out
+    assert cli.main(["plot", str(out)]) == 0
+    assert (out / "learning_curves.png").stat().st_size > 1000
 
 
 def test_a_killed_worker_is_retried_from_its_last_checkpoint(cluster, local, tmp_path):
@@ -173,6 +171,26 @@ def test_a_task_that_fails_stops_the_run_with_its_one_line_error(cluster, tmp_pa
     assert err.startswith("online-rnn: error: small[0:6] failed on a Ray worker: plugins: cannot import "
                           "'driver_only_plugin': ModuleNotFoundError"), err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_a_stopped_sweep_resumes_where_it_started(cluster, local, tmp_path):
+    """Stopped after one chunk, a Ray run leaves its tasks' checkpoints: a local run refuses them in one line, a
+    Ray run with another task size keeps the tasks and finishes from them; a local run's checkpoint is refused
+    by a Ray run the same way."""
+    out = tmp_path / "ray_first"
+    report = distributed.run(on_ray(CONFIG, runs_per_task=16), out, progress=False, flops=False, max_chunks=1)
+    assert not report.complete
+    with pytest.raises(ConfigError, match=r"^columnar was started on a Ray cluster .*; resume it with --ray"):
+        experiment.run(experiment.resolve(CONFIG), out, progress=False, flops=False)
+    report = distributed.run(on_ray(CONFIG, runs_per_task=32), out, progress=False, flops=False)
+    assert report.complete and sorted(report.starts) == ["columnar[0:16]", "columnar[16:24]", "small[0:6]"]
+    assert sorted(starts[0] for starts in report.starts.values()) == [0, 0, CONFIG["chunk"]]
+    same_results(local, out, ["columnar", "small"])
+
+    out = tmp_path / "local_first"
+    experiment.run(experiment.resolve(CONFIG), out, progress=False, flops=False, max_chunks=1)
+    with pytest.raises(ConfigError, match=r"^columnar was started by a local run .*; finish it without --ray"):
+        distributed.run(on_ray(CONFIG), out, progress=False, flops=False)
 
 
 @pytest.mark.parametrize("executor, message", [

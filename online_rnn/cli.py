@@ -171,7 +171,6 @@ def guarded(fn, *args) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from online_rnn import experiment
-
     from online_rnn.experiment import loading
 
     experiment.import_plugins(args.plugin, "--plugin")

@@ -53,7 +53,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "demo":
         return subprocess.call([str(py), "-m", "online_rnn.demo", *rest])
-    workers = ["-n", "auto"] if not any(a.startswith("-n") for a in rest) else []
+    # loadgroup: tests marked xdist_group(name) share one worker (the Ray tests share one cluster); others as "load"
+    workers = ["-n", "auto", "--dist", "loadgroup"] if not any(a.startswith("-n") for a in rest) else []
     return subprocess.call([str(py), "-m", "pytest", *workers, *rest])
 
 

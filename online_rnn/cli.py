@@ -3,6 +3,7 @@
 ::
 
     online-rnn run CONFIG [key=value ...] [--out DIR]   run or resume a config (default out: results/<name>)
+    online-rnn run CONFIG --ray [ADDRESS]                the same on a Ray cluster (same results folder, same bits)
     online-rnn compare DIR [DIR ...]                     markdown table per benchmark (also DIR/comparison.md)
     online-rnn plot DIR                                  learning curves and step-size sensitivity (PNG)
     online-rnn list                                      learners, cells, streams, objectives, optimizers, configs
@@ -18,6 +19,10 @@ Before JAX starts, the CLI exposes every CPU core as a JAX device (``XLA_FLAGS=
 are split over the cores, and it keeps compiled programs in a disk cache (``~/.cache/online_rnn/jax``;
 ``--no-cache`` or ``ONLINE_RNN_CACHE=0`` turns it off) so that resuming or re-running a config does not
 recompile.
+
+``--ray [ADDRESS]`` runs the sweep as Ray tasks (:mod:`online_rnn.experiment.distributed`; ``executor:`` in the
+config sets the same and more): on the cluster at ADDRESS (``auto``, ``host:6379``), or without one on a cluster
+started on this machine for the run. Ray is imported only then (``pip install 'online_rnn[ray]'``).
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
                    help="import MODULE (or a .py file) first: it may register learners, streams, cells, ...")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--no-cache", action="store_true", help="do not use the disk cache of compiled programs")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the sweep as tasks on a Ray cluster: at ADDRESS (auto, host:port), or one started here; "
+                        "sets executor.name=ray (executor.runs_per_task=... etc. as overrides)")
     r.add_argument("--layout", default="auto", choices=["auto", "runs_last", "vmap"],
                    help="run axis of the compiled sweep: auto = runs_last for sweeps of >= 16 runs on the CPU")
     r.add_argument("--max-chunks", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop early
@@ -158,10 +166,18 @@ def guarded(fn, *args) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from online_rnn import experiment
+    from online_rnn.experiment import loading
 
     experiment.import_plugins(args.plugin, "--plugin")
     path = find_config(args.config)
-    exp = experiment.load(path, args.overrides)  # validates; nothing compiles before this returns
+    overrides = list(args.overrides)
+    if args.ray is not None and "=" in args.ray:  # `--ray steps=100`: an override, not an address
+        overrides.append(args.ray)
+        args.ray = ""
+    raw = loading.load(path, overrides)
+    if args.ray is not None and isinstance(raw.get("executor"), (dict, type(None))):  # else: resolve says what is wrong
+        raw["executor"] = {**(raw.get("executor") or {}), "name": "ray", **({"address": args.ray} if args.ray else {})}
+    exp = experiment.resolve(raw)  # validates; nothing compiles before this returns
     if not args.no_cache:
         enable_compilation_cache()
     import jax
@@ -170,10 +186,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     chosen = [s for s in exp.learners if only is None or s.label in only]
     n_runs = sum(len(s.grid()) for s in chosen)
-    print(f"{exp.name}: {len(chosen)} learners, {n_runs} runs, on {len(jax.devices())} device(s); "
-          f"results in {out}", flush=True)
+    ex = exp.executor
+    where = (f"on the Ray cluster {ex['address'] or os.environ.get('RAY_ADDRESS') or 'started here'}, "
+             f"{ex['runs_per_task']} runs per task" if ex["name"] == "ray" else f"on {len(jax.devices())} device(s)")
+    print(f"{exp.name}: {len(chosen)} learners, {n_runs} runs, {where}; results in {out}", flush=True)
     report = experiment.run(exp, out, progress=not args.quiet, max_chunks=args.max_chunks, only=only,
-                            layout=args.layout)
+                            layout=args.layout, plugins=tuple(args.plugin))
     print(f"{report.seconds:.0f} s ({report.compile_seconds:.0f} s compiling)", flush=True)
     if not report.complete:
         print(f"stopped early after --max-chunks {args.max_chunks}; run the same command again to resume")

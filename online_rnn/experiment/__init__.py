@@ -16,7 +16,8 @@ it: :mod:`~online_rnn.experiment.schema` (the config format, the resolved form, 
 functions) -> :mod:`~online_rnn.experiment.accumulate` (per-run sums) -> :mod:`~online_rnn.experiment.storage`
 (results folders) -> :mod:`~online_rnn.experiment.groups` (compiled, sharded sweeps) ->
 :mod:`~online_rnn.experiment.runner` (the run loop) -> :mod:`~online_rnn.experiment.analysis` (tables) ->
-:mod:`~online_rnn.experiment.plots` (figures).
+:mod:`~online_rnn.experiment.plots` (figures). :mod:`~online_rnn.experiment.distributed` runs the same sweeps as
+tasks on a Ray cluster (``executor: {name: ray}``; Ray is imported only there).
 """
 
 from __future__ import annotations

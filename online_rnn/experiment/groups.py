@@ -115,13 +115,23 @@ def compiler_options() -> dict:
 class Group:
     """All runs of one learner entry: one compiled chunk function, sharded over devices."""
 
-    def __init__(self, exp: Experiment, spec: LearnerSpec, layout: str = "auto", devices: Optional[list] = None):
+    def __init__(self, exp: Experiment, spec: LearnerSpec, layout: str = "auto", devices: Optional[list] = None,
+                 runs: Optional[tuple[int, int]] = None):
+        """``runs``: ``(start, stop)``, only these runs of the sweep's grid (a shard of it, run on another
+        machine); the layout is still the whole sweep's, so that a shard's runs are computed as they would be in
+        the whole sweep."""
         self.exp, self.spec = exp, spec
         self.fns = run_functions(exp, spec)
         self.grid = spec.grid()
+        n_sweep = len(self.grid)
+        if runs is not None:
+            start, stop = runs
+            if not 0 <= start < stop <= n_sweep:
+                raise ConfigError(f"runs {start}..{stop} of {spec.label}: the sweep has {n_sweep} runs")
+            self.grid = self.grid[start:stop]
         self.n_runs = len(self.grid)
         one_run = jax.eval_shape(self.fns.init, jnp.int32(0), hparams_example(spec))
-        self.layout = resolve_layout(layout, self.n_runs, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(one_run)))
+        self.layout = resolve_layout(layout, n_sweep, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(one_run)))
         self.quantum = RUN_QUANTUM if self.layout == "runs_last" else 1
         self.block = block_size(spec.steps, spec.bins, spec.window, spec.chunk)
         self.n_traces = 0

@@ -6,6 +6,7 @@ Compilation runs in a thread pool before any run starts. Sweeps that fill the ma
 one device each. After every chunk the carried state and the host sums are saved atomically
 (``checkpoint.npz``); running the same config again resumes there and ends bit-identical to an uninterrupted
 run. The folder is locked while a run writes it (:class:`~online_rnn.experiment.storage.FolderLock`).
+A config whose ``executor`` is Ray runs in :mod:`online_rnn.experiment.distributed` instead (same folder).
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def run(
     workers: Optional[int] = None,
     only: Optional[list[str]] = None,
     layout: str = "auto",
+    plugins: tuple[str, ...] = (),
 ) -> RunReport:
     """Run (or resume) every learner of ``exp``, writing results to ``out``. ``max_chunks`` stops after that
     many chunks in this call (the state is saved; calling again resumes). Compilation runs in a thread pool of
     ``workers`` (default: one per CPU core). ``only``: labels of the learners to run now (the others are left
     for a later call; the results folder is the same). ``layout``: where the run axis lives in the compiled
-    sweep (:func:`online_rnn.experiment.groups.resolve_layout`); checkpoints do not depend on it."""
+    sweep (:func:`online_rnn.experiment.groups.resolve_layout`); checkpoints do not depend on it. ``plugins``:
+    modules imported besides the config's (``--plugin``), which Ray workers import too."""
     start = time.perf_counter()
     resolve_layout(layout)
     labels = [s.label for s in exp.learners]
@@ -65,12 +68,22 @@ def run(
             raise ConfigError(f"--only: no learner labelled {label!r}; {hint}labels: {', '.join(labels)}")
     out = Path(out)
     storage.check_results_folder(out, exp)
+    if exp.executor["name"] == "ray":
+        from online_rnn.experiment import distributed  # imports Ray
+
+        return distributed.run(exp, out, progress=progress, max_chunks=max_chunks, flops=flops, only=only,
+                               layout=layout, plugins=plugins)
     with storage.FolderLock(out):
         storage.check_results_folder(out, exp)  # again, now that no other run can write it
         storage.write_config(out, exp)
         chosen = [s for s in exp.learners if only is None or s.label in only]
         pending = [s for s in chosen if not storage.results_done(storage.group_dir(out, s.label))]
         done = [s.label for s in chosen if s not in pending]
+        for s in pending:
+            if (storage.group_dir(out, s.label) / storage.SHARDS).exists():
+                raise ConfigError(f"{s.label} was started on a Ray cluster (its shards' checkpoints are in "
+                                  f"{storage.group_dir(out, s.label) / storage.SHARDS}); resume it with --ray, or "
+                                  f"delete that folder to run it here from the start")
         groups = _groups(exp, pending, layout)
         fresh = [g for g in groups if not g.from_cache(flops)]
         if fresh and progress:

@@ -12,6 +12,7 @@ A config names one stream, the learners to compare on it and the sweep::
     metric: {window: 10000, bins: 50, target: trial_return}
     sweep: {seeds: 3, learning_rate: [0.01, 0.001]}  # seeds x step sizes x objective and optimizer settings
     plugins: [my_module]                             # optional: modules that register learners, streams, ...
+    executor: {name: ray, runs_per_task: 64}         # optional: run the sweep's shards as tasks on a Ray cluster
     learners:
       - name: tbptt
         label: tbptt_k13_h2                          # unique; default: the learner's name
@@ -36,7 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 TOP_KEYS = ("name", "description", "env", "objective", "steps", "chunk", "budget", "metric", "sweep", "plugins",
-            "learners")
+            "learners", "executor")
+EXECUTORS = ("local", "ray")
+EXECUTOR_KEYS = ("name", "address", "runs_per_task", "cpus_per_task", "gpus_per_task", "retries")
 METRIC_KEYS = ("window", "bins", "target", "log", "best_by")
 LEARNER_BASE_KEYS = ("name", "label", "cell", "optimizer", "sweep", "steps")
 SUPPLIED = ("cell", "input_size", "output_size", "objective", "optimizer")  # learner arguments the runner gives
@@ -218,6 +221,9 @@ class Experiment:
     hash: str = ""
     env_info: dict = field(default_factory=dict, repr=False)  # kind, observation_size, ...
     plugins: tuple[str, ...] = ()
+    # where the sweep runs ({"name": "local"} or the Ray settings); not part of ``resolved`` or the hash: results
+    # do not depend on it, and a sweep may be resumed under another executor
+    executor: dict = field(default_factory=lambda: {"name": "local"}, compare=False)
 
     @property
     def kind(self) -> str:

@@ -8,6 +8,8 @@
     <out>/learners/<label>/progress.json  steps done, seed-steps/s
     <out>/learners/<label>/results.npz    curves, final metrics, divergence steps, swept values (when done)
     <out>/learners/<label>/summary.json   parameters, FLOPs, speed, credit-assignment path (when done)
+    <out>/learners/<label>/shards/        a Ray run's per-task state until the learner is done
+                                          (shards.json: the runs of each task; <start>-<stop>/checkpoint.npz)
 
 Every file is written to a temporary name in the same folder and moved into place, with the permissions the
 user's umask gives. A damaged file is never a traceback: a damaged checkpoint or result of one learner is moved
@@ -37,6 +39,7 @@ CHECKPOINT = "checkpoint.npz"
 PROGRESS = "progress.json"
 RESULTS = "results.npz"
 SUMMARY = "summary.json"
+SHARDS = "shards"
 FORMAT_VERSION = 1
 
 _UMASK = os.umask(0)

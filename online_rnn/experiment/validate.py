@@ -13,16 +13,17 @@ objective's ``kind``, ``hyperparams`` and ``discount``), never from its name.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 from typing import Any, Optional
 
 from online_rnn import cells, envs, learners, objectives, optimizers
 from online_rnn.experiment import build
 from online_rnn.experiment.loading import import_plugins
-from online_rnn.experiment.schema import (DEFAULT_BINS, DEFAULT_CHUNK, DEFAULT_WINDOW_CAP, LEARNER_BASE_KEYS,
-                                          SUPPLIED, TOP_KEYS, ConfigError, Experiment, LearnerSpec, as_dict, as_int,
-                                          as_label, as_name, as_number, as_number_list, as_seeds, check_keys,
-                                          config_hash, fail, in_range, one_line, scaled, show)
+from online_rnn.experiment.schema import (DEFAULT_BINS, DEFAULT_CHUNK, DEFAULT_WINDOW_CAP, EXECUTOR_KEYS, EXECUTORS,
+                                          LEARNER_BASE_KEYS, SUPPLIED, TOP_KEYS, ConfigError, Experiment, LearnerSpec,
+                                          as_dict, as_int, as_label, as_name, as_number, as_number_list, as_seeds,
+                                          check_keys, config_hash, fail, in_range, one_line, scaled, show)
 
 
 def resolve(raw: dict) -> Experiment:
@@ -43,6 +44,7 @@ def resolve(raw: dict) -> Experiment:
     steps_raw = as_int(raw["steps"], "steps")
     steps = scaled(steps_raw, budget)
     chunk = as_int(raw.get("chunk", DEFAULT_CHUNK), "chunk")
+    executor = resolve_executor(raw.get("executor"))
 
     # ---- stream
     env_cfg = as_dict(raw["env"], "env", required=True)
@@ -109,7 +111,42 @@ def resolve(raw: dict) -> Experiment:
         resolved["plugins"] = list(plugins)
     resolved = json.loads(json.dumps(resolved))  # canonical: plain JSON types
     return Experiment(name, resolved["env"], resolved["objective"], steps, chunk, budget, metric, tuple(specs),
-                      resolved, config_hash(resolved), env_info, plugins)
+                      resolved, config_hash(resolved), env_info, plugins, executor)
+
+
+DEFAULT_RUNS_PER_TASK = 64
+
+
+def resolve_executor(value: Any) -> dict:
+    """Where the sweep runs: ``{name: local}`` (default) or ``{name: ray, address, runs_per_task, cpus_per_task,
+    gpus_per_task, retries}``. A task runs ``runs_per_task`` runs of one learner; it must be a multiple of the
+    run quantum (16), so that a shard's runs sit in the vectors of the compiled sweep as they do in a local run
+    and give the same bits."""
+    from online_rnn.experiment.groups import RUN_QUANTUM  # a constant; groups is imported by then anyway
+
+    cfg = as_dict(value, "executor")
+    name = as_name(cfg.get("name", "local"), "executor.name", list(EXECUTORS))
+    if name == "local":
+        check_keys(cfg, ["name"], "executor")
+        return {"name": "local"}
+    check_keys(cfg, EXECUTOR_KEYS, "executor")
+    address = cfg.get("address")
+    if address is not None and (not isinstance(address, str) or not address):
+        fail("executor.address", f"expected a cluster address such as auto, 10.0.0.1:6379 or ray://head:10001, or "
+                                 f"null for a cluster on this machine; got {show(address)}")
+    runs = as_int(cfg.get("runs_per_task", DEFAULT_RUNS_PER_TASK), "executor.runs_per_task")
+    if runs % RUN_QUANTUM:
+        fail("executor.runs_per_task", f"expected a multiple of {RUN_QUANTUM} (the compiled sweep's run quantum, so "
+                                       f"that a run's bits do not depend on the shard it is in), got {runs}")
+    cpus = as_int(cfg.get("cpus_per_task", 1), "executor.cpus_per_task")
+    gpus = as_number(cfg.get("gpus_per_task", 0), "executor.gpus_per_task")
+    if gpus < 0:
+        fail("executor.gpus_per_task", f"expected a number >= 0, got {gpus:g}")
+    retries = as_int(cfg.get("retries", 3), "executor.retries", minimum=0)
+    if importlib.util.find_spec("ray") is None:
+        fail("executor.name", "ray is not installed: pip install 'online_rnn[ray]' (or run without --ray)")
+    return {"name": "ray", "address": address, "runs_per_task": runs, "cpus_per_task": cpus,
+            "gpus_per_task": gpus, "retries": retries}
 
 
 def _objective_values(obj_kwargs: dict, declared: dict, per_run: dict, env: Any, sweep: dict,

@@ -253,6 +253,9 @@ def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulator
                              acc.win_target_sq / weight - (acc.win_target / weight) ** 2, np.nan),
         **{f"hp_{k}": np.array([r[k] for r in group.grid], np.float64) for k in spec.hparam_names},
     }
+    tracker = group.fns.tracker
+    if tracker is not None:  # alignment_* arrays (online_rnn.alignment)
+        arrays.update(acc.alignment(tracker.names, tracker.groups))
     storage.write_npz(folder / storage.RESULTS, arrays)
     summary = {
         "label": spec.label,
@@ -274,6 +277,9 @@ def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulator
         "seed_steps_per_second": group.n_runs * spec.steps / wall if wall > 0 else None,
         "diverged": int((diverged_at >= 0).sum()),
     }
+    if tracker is not None:  # the shadow's cost, apart from the learner's (its time is inside wall_seconds)
+        summary["alignment"] = {**exp.metric["alignment"], "reference_name": tracker.reference.name,
+                                "measures": tracker.names, "shadow_flops_per_step": group.shadow_flops}
     storage.write_json(folder / storage.SUMMARY, summary)
     storage.write_json(folder / storage.PROGRESS, {**_progress(group, spec.steps, wall), "done": True})
     ckpt = folder / storage.CHECKPOINT

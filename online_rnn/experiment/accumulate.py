@@ -35,7 +35,7 @@ class Blocks(NamedTuple):
     logs: Any
     last_log: Any
     align: Any = ()  # (runs, n_blocks, M) sums of the alignment measures over the steps they were taken
-    align_sq: Any = ()  # their squares
+    align_sq: Any = ()  # sums of (value - 1)^2 over the same steps
     align_n: Any = ()  # (runs, n_blocks, M) how many steps they were taken at
 
 
@@ -134,7 +134,8 @@ class Accumulators:
             curves = np.where(n > 0, self.bin_align / np.maximum(n, 1), np.nan)
             total, total_sq, count = self.bin_align.sum(2), self.bin_align_sq.sum(2), n.sum(2)
             mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-            var = np.where(count > 1, (total_sq - count * mean**2) / np.maximum(count - 1, 1), np.nan)
+            # align_sq holds squares about 1: sum (x - 1)^2 - n (mean - 1)^2 = sum (x - mean)^2
+            var = np.where(count > 1, (total_sq - count * (mean - 1) ** 2) / np.maximum(count - 1, 1), np.nan)
         for j, name in enumerate(names):
             key = f"alignment_{name}"
             out[key] = curves[:, j]

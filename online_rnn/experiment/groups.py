@@ -187,7 +187,10 @@ class Group:
             out = Blocks(blocks(err), blocks(weight), blocks(y), blocks(y * y), blocks(logs), first(logs[last]))
             if align:  # alignment measures and whether they were taken
                 values, taken = align
-                out = out._replace(align=blocks(values), align_sq=blocks(values * values), align_n=blocks(taken))
+                # squares about 1 (cosines, sign agreements and norm ratios sit near it): a sum of squares about 0
+                # would lose a small spread to round-off
+                out = out._replace(align=blocks(values), align_sq=blocks(taken * (values - 1) ** 2),
+                                   align_n=blocks(taken))
             return out
 
         if self.layout == "runs_last":

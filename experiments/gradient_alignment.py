@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     docs.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     sections, figures = [], []
+    compiling = 0.0
     for task, config in TASKS.items():
         overrides = [f"budget={args.budget}", f"sweep.seeds={args.seeds}"]
         exp = experiment.load(config, overrides)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"{config.name} has no entry for the learners {', '.join(missing)}")
         folder = out / task
         report = experiment.run(exp, folder, progress=not args.quiet)
+        compiling += report.compile_seconds
         print(f"{task}: {report.seconds / 60:.1f} min ({report.compile_seconds:.0f} s compiling)", flush=True)
         timing = experiment.load(config, overrides + ["metric.alignment=null", f"steps={args.timing_steps}",
                                                       "metric.window=1000", "metric.bins=1"]
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         folder = out / f"add_task_window{w}"
         experiment.run(exp, folder, progress=not args.quiet, only=["rtrl"], flops=False)
         window_rows.append((w, experiment.load_results(folder)))
-    text = document(sections, window_rows, figures, args, time.perf_counter() - start)
+    text = document(sections, window_rows, figures, args, time.perf_counter() - start, compiling)
     (docs / "gradient_alignment.md").write_text(text)
     print(text)
     print(f"written: {docs / 'gradient_alignment.md'} and {len(figures)} figures in {docs}")
@@ -117,7 +119,7 @@ def alignment_table(task: str, res, plain) -> str:
 
     speed = {lr.label: lr.summary.get("seed_steps_per_second") for lr in plain.learners if lr.complete}
     head = ["learner", "params", f"final {metric_name(res.config)}", "cos (cell)", "cos std over steps (cell)",
-            "|g|/|g*| (cell)", "sign (cell)", "cos (all)", "cos (readout)", "compared steps", "FLOPs/step learner",
+            "norm ratio (cell)", "sign (cell)", "cos (all)", "cos (readout)", "compared steps", "FLOPs/step learner",
             "FLOPs/step shadow", "seed-steps/s without / with shadow"]
     rows = []
     for lr in res.learners:
@@ -148,7 +150,7 @@ def alignment_table(task: str, res, plain) -> str:
 
 
 def window_table(window_rows: list) -> str:
-    lines = ["| window W | cos (all) | cos (cell) | |g_W|/|g*| (cell) | sign (cell) |", "|---|---|---|---|---|"]
+    lines = ["| window W | cos (all) | cos (cell) | norm ratio (cell) | sign (cell) |", "|---|---|---|---|---|"]
     for w, res in window_rows:
         lr = next(x for x in res.learners if x.label == "rtrl")
         if not lr.complete:
@@ -162,7 +164,7 @@ def window_table(window_rows: list) -> str:
     return "\n".join(lines)
 
 
-def document(sections: list, window_rows: list, figures: list, args, seconds: float) -> str:
+def document(sections: list, window_rows: list, figures: list, args, seconds: float, compiling: float) -> str:
     by_task = {}
     for task, kind, name in figures:
         by_task.setdefault(task, []).append((kind, name))
@@ -171,13 +173,14 @@ def document(sections: list, window_rows: list, figures: list, args, seconds: fl
         "",
         "Written by `experiments/gradient_alignment.py` (configs `configs/alignment_trace_patterning.yaml`, "
         f"`configs/alignment_add_task.yaml`; budget {args.budget:g}, {args.seeds} seeds, one step size per learner; "
-        f"{seconds / 60:.0f} min on this machine). Every 100 steps each learner's gradient `g` (the one its update "
+        f"{seconds / 60:.0f} min on this machine, {compiling:.0f} s of the two main sweeps' of it compiling; compiled "
+        "programs are kept in a disk cache, so a first run compiles for longer). Every 100 steps each learner's gradient `g` (the one its update "
         "used) is compared with `g*`, the exact online gradient of the same objective at the same parameters, "
         "computed by a shadow exact RTRL on the learner's own network along the learner's own trajectory "
         "(`online_rnn.alignment`; Marschall, Cho & Savin 2020 compare learners the same way). Columns: the "
         "final-window error (mean ± 95% CI over seeds); over the cell's parameters, the cosine of `g` and `g*` "
         "(mean over the compared steps of a run, then mean ± 95% CI over seeds), its standard deviation over steps "
-        "(mean over seeds), the norm ratio |g|/|g*| and the fraction of entries whose signs agree; the cosine over "
+        "(mean over seeds), the norm ratio `|g| / |g*|` and the fraction of entries whose signs agree; the cosine over "
         "all parameters and over the readout's; XLA's FLOPs of one learner step and of one shadow step; "
         f"seed-steps/s of the sweep without the shadow (a separate run of {args.timing_steps:,} steps) and with it "
         "(both measured while the two cores ran two sweeps side by side, so only their ratio means much).",
@@ -206,8 +209,8 @@ def document(sections: list, window_rows: list, figures: list, args, seconds: fl
         "For networks where exact RTRL costs too much, `metric.alignment.reference: {bptt_window: W}` uses the "
         "gradient of the step's loss by backpropagation through the learner's last W steps at the current "
         "parameters (an approximation). Its error, measured by running `rtrl` (whose gradient is exact) with it on "
-        "the add task (its lags are 5 and 9 steps): cosine and norm ratio |g_W|/|g*| of the window's gradient "
-        "with RTRL's, mean ± 95% CI over seeds.",
+        "the add task (its lags are 5 and 9 steps): cosine, norm ratio `|g_W| / |g*|` and sign agreement of the "
+        "window's gradient with RTRL's, mean ± 95% CI over seeds.",
         "",
         window_table(window_rows),
         "",

@@ -95,7 +95,7 @@ def test_uoro_is_positively_aligned_on_average_with_a_spread(aligned):
 def test_compare_and_plot_show_alignment(aligned):
     out, _ = aligned
     table = experiment.compare([out], write=False)
-    assert "| cos | |g|/|g*| | sign |" in table
+    assert "| cos | norm ratio | sign |" in table
     row = next(line for line in table.splitlines() if line.startswith("| rtrl |"))
     assert "| 1 |" in row
     names = {p.name for p in experiment.plot(out)}

@@ -309,11 +309,11 @@ def table(results: list[Results]) -> str:
                        for lr in res.learners if lr.complete and "alignment" in lr.summary})
         lines += ["", f"Alignment with the {' / '.join(refs)} reference gradient (online_rnn.alignment): mean over the "
                       f"compared steps of each run, then over the best setting's seeds (± 95% CI); cos = cosine "
-                      f"similarity, |g|/|g*| = norm ratio, sign = fraction of entries whose sign agrees."]
+                      f"similarity, norm ratio = |g| / |g*|, sign = fraction of entries whose sign agrees."]
     return "\n".join(lines) + "\n"
 
 
-ALIGNMENT_COLUMNS = {"cosine": "cos", "norm_ratio": "|g|/|g*|", "sign": "sign"}
+ALIGNMENT_COLUMNS = {"cosine": "cos", "norm_ratio": "norm ratio", "sign": "sign"}  # no "|" in table headers
 
 
 def alignment_text(lr: LearnerResult, runs: np.ndarray, name: str) -> str:

@@ -8,6 +8,10 @@
     print(experiment.compare(["results/demo"]))                      # markdown table
     experiment.plot("results/demo")                                  # PNG files
 
+With ``metric: {alignment: {every: 100}}`` every run also carries a shadow exact RTRL and saves how its
+learner's gradient aligns with the exact online gradient (``alignment_cosine``, ... in each ``results.npz``;
+see :mod:`online_rnn.alignment`).
+
 The command line is ``online-rnn`` (:mod:`online_rnn.cli`). The modules, each importing only the ones before
 it: :mod:`~online_rnn.experiment.schema` (the config format, the resolved form, value checks) ->
 :mod:`~online_rnn.experiment.loading` (YAML, overrides, plugins, shipped configs) ->

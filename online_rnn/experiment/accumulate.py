@@ -34,6 +34,9 @@ class Blocks(NamedTuple):
     target_sq: Any
     logs: Any
     last_log: Any
+    align: Any = ()  # (runs, n_blocks, M) sums of the alignment measures over the steps they were taken
+    align_sq: Any = ()  # sums of (value - 1)^2 over the same steps
+    align_n: Any = ()  # (runs, n_blocks, M) how many steps they were taken at
 
 
 class Accumulators:
@@ -43,6 +46,7 @@ class Accumulators:
 
     NAMES = ("bin_err", "bin_weight", "bin_log", "bin_count", "win_err", "win_weight", "last_log", "win_target",
              "win_target_sq")
+    ALIGN_NAMES = ("bin_align", "bin_align_sq", "bin_align_n")  # (runs, M, bins); M = 0 without alignment
 
     def __init__(self, n_runs: int, steps: int, bins: int, window: int, n_logs: int):
         self.steps, self.bins, self.window = steps, bins, window
@@ -55,6 +59,12 @@ class Accumulators:
         self.last_log = np.full((n_runs, n_logs), np.nan)
         self.win_target = np.zeros((n_runs,))  # sums of the target over the window: the best constant's error
         self.win_target_sq = np.zeros((n_runs,))
+        self._n_runs = n_runs
+        self._alloc_align(0)
+
+    def _alloc_align(self, m: int) -> None:
+        for name in self.ALIGN_NAMES:
+            setattr(self, name, np.zeros((self._n_runs, m, self.bins)))
 
     def bin_edges(self) -> np.ndarray:
         """End step (exclusive) of every bin."""
@@ -86,9 +96,19 @@ class Accumulators:
             self.win_target_sq += target_sq[:, cols].sum(1)
         if logs.shape[2] and starts.size:
             self.last_log = np.asarray(sums.last_log, np.float64)
+        align = np.asarray(sums.align, np.float64)
+        if align.ndim == 3 and align.shape[2]:
+            if self.bin_align.shape[1] != align.shape[2]:
+                self._alloc_align(align.shape[2])
+            sq, n = np.asarray(sums.align_sq, np.float64), np.asarray(sums.align_n, np.float64)
+            for b in np.unique(bins):
+                cols = np.flatnonzero(bins == b)
+                self.bin_align[:, :, b] += align[:, cols].sum(1)
+                self.bin_align_sq[:, :, b] += sq[:, cols].sum(1)
+                self.bin_align_n[:, :, b] += n[:, cols].sum(1)
 
     def state(self) -> dict:
-        return {f"acc_{k}": getattr(self, k) for k in self.NAMES}
+        return {f"acc_{k}": getattr(self, k) for k in self.NAMES + self.ALIGN_NAMES}
 
     def restore(self, data: Any) -> None:
         for k in self.NAMES:
@@ -97,3 +117,31 @@ class Accumulators:
             if got.shape != want.shape:
                 raise ValueError(f"accumulator {k} has shape {got.shape}, expected {want.shape}")
             setattr(self, k, got.astype(np.float64))
+        for k in self.ALIGN_NAMES:  # absent from checkpoints written before alignment existed
+            if f"acc_{k}" in data:
+                setattr(self, k, np.asarray(data[f"acc_{k}"], np.float64))
+
+    def alignment(self, names: list[str], groups: list[str]) -> dict:
+        """Results arrays of the alignment measures ``names`` (see :mod:`online_rnn.alignment`):
+        ``alignment_<name>`` (runs, bins), the binned mean over the steps it was taken at (NaN in bins without
+        any); ``alignment_<name>_mean`` and ``alignment_<name>_std`` (runs,), over all those steps of the run;
+        ``alignment_steps[_<group>]`` (runs,), how many steps of the run were compared, per group."""
+        if not names or self.bin_align.shape[1] != len(names):
+            return {}
+        out = {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = self.bin_align_n
+            curves = np.where(n > 0, self.bin_align / np.maximum(n, 1), np.nan)
+            total, total_sq, count = self.bin_align.sum(2), self.bin_align_sq.sum(2), n.sum(2)
+            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+            # align_sq holds squares about 1: sum (x - 1)^2 - n (mean - 1)^2 = sum (x - mean)^2
+            var = np.where(count > 1, (total_sq - count * (mean - 1) ** 2) / np.maximum(count - 1, 1), np.nan)
+        for j, name in enumerate(names):
+            key = f"alignment_{name}"
+            out[key] = curves[:, j]
+            out[f"{key}_mean"] = mean[:, j]
+            out[f"{key}_std"] = np.sqrt(np.maximum(var[:, j], 0.0))
+        per_group = len(names) // max(len(groups), 1)
+        for g, group in enumerate(groups):
+            out["alignment_steps" + (f"_{group}" if group else "")] = count[:, g * per_group].astype(np.int64)
+        return out

@@ -231,6 +231,9 @@ def table(results: list[Results]) -> str:
     head = ["learner", "steps", "best setting", f"final {name}, mean ± 95% CI", "seeds", "diverged (best/all)",
             "params", "FLOPs/step", "seed-steps/s"]
     head[4:4] = [title for title, _ in extra] + [f"{log} (end)" for log in logs]
+    aligned = any(lr.complete and "alignment_cosine_mean" in lr.arrays for res in results for lr in res.learners)
+    if aligned:  # mean alignment with the reference gradient (online_rnn.alignment) at the best setting
+        head[-3:-3] = list(ALIGNMENT_COLUMNS.values())
     rows: list[tuple[float, list[str]]] = []
     lower_bound = False
     for res in results:
@@ -256,7 +259,8 @@ def table(results: list[Results]) -> str:
             if best is None:
                 row = [tag(lr.label), str(s["steps"]), "all diverged", "n/a"]
                 row += ["n/a"] * len(extra) + [""] * len(logs)
-                row += ["0", f"-/{total_div}", str(s["n_params"]), flops_text, fmt_count(s["seed_steps_per_second"])]
+                row += ["0", f"-/{total_div}"] + ["n/a"] * (len(ALIGNMENT_COLUMNS) if aligned else 0)
+                row += [str(s["n_params"]), flops_text, fmt_count(s["seed_steps_per_second"])]
                 rows.append((math.inf, row))
                 continue
             mean, ci = best.mean, best.ci95()
@@ -270,8 +274,10 @@ def table(results: list[Results]) -> str:
                 ci = ci95(vals)
                 text = fmt(float(vals.mean())) if vals.size else "n/a"
                 row.append(f"{text} ± {fmt(ci, 2)}" if np.isfinite(ci) else text)
-            row += [str(best.ok.size), f"{best.diverged}/{total_div}", str(s["n_params"]), flops_text,
-                    fmt_count(s["seed_steps_per_second"])]
+            row += [str(best.ok.size), f"{best.diverged}/{total_div}"]
+            if aligned:
+                row += [alignment_text(lr, alive, name) for name in ALIGNMENT_COLUMNS]
+            row += [str(s["n_params"]), flops_text, fmt_count(s["seed_steps_per_second"])]
             rows.append((best.score, row))
     rows.sort(key=lambda r: r[0] if np.isfinite(r[0]) else math.inf)
     windows = sorted({lr.summary["window"] for res in results for lr in res.learners if lr.complete})
@@ -298,7 +304,29 @@ def table(results: list[Results]) -> str:
                       f"{fmt(baseline)} (the target's variance over the window, mean over runs)."]
     if lower_bound:
         lines += ["", "≥: the compiled step contains a loop, whose body XLA's cost analysis counts once."]
+    if aligned:
+        refs = sorted({str(lr.summary.get("alignment", {}).get("reference_name", "?")) for res in results
+                       for lr in res.learners if lr.complete and "alignment" in lr.summary})
+        lines += ["", f"Alignment with the {' / '.join(refs)} reference gradient (online_rnn.alignment): mean over the "
+                      f"compared steps of each run, then over the best setting's seeds (± 95% CI); cos = cosine "
+                      f"similarity, norm ratio = |g| / |g*|, sign = fraction of entries whose sign agrees."]
     return "\n".join(lines) + "\n"
+
+
+ALIGNMENT_COLUMNS = {"cosine": "cos", "norm_ratio": "norm ratio", "sign": "sign"}  # no "|" in table headers
+
+
+def alignment_text(lr: LearnerResult, runs: np.ndarray, name: str) -> str:
+    """Mean ± 95% CI over ``runs`` of a run's mean alignment measure ``name`` (all parameters)."""
+    values = lr.arrays.get(f"alignment_{name}_mean")
+    if values is None:
+        return "n/a"
+    values = np.asarray(values, np.float64)[runs]
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return "n/a"
+    ci = ci95(values)
+    return f"{fmt(float(values.mean()), 3)} ± {fmt(ci, 2)}" if np.isfinite(ci) else fmt(float(values.mean()), 3)
 
 
 def compare(folders: list[str | Path], write: bool = True) -> str:

@@ -51,7 +51,7 @@ import numpy as np
 from online_rnn.experiment import storage
 from online_rnn.experiment.accumulate import Accumulators, Blocks
 from online_rnn.experiment.groups import RUN_QUANTUM, resolve_layout
-from online_rnn.experiment.runner import RunReport, _write_results
+from online_rnn.experiment.runner import RunReport, write_results
 from online_rnn.experiment.schema import ConfigError, Experiment, LearnerSpec, one_line
 
 AHEAD = 2  # chunks a task may run ahead of the checkpoint the driver has written (Ray generator backpressure)
@@ -437,13 +437,14 @@ def _merge(exp: Experiment, spec: LearnerSpec, group: list[_Shard], ex: dict) ->
     first = infos[0]
     sweep = SimpleNamespace(
         spec=spec, exp=exp, n_runs=n_runs, grid=spec.grid(), block=first["block"], layout=first["layout"],
-        fns=SimpleNamespace(learner=SimpleNamespace(path=first["path"], n_params=first["n_params"])),
+        fns=SimpleNamespace(learner=SimpleNamespace(path=first["path"], n_params=first["n_params"]),
+                            tracker=None),  # no alignment shadow on Ray (validation refuses it)
         flops=first["flops"], flops_lower_bound=first["flops_lower_bound"],
         compile_seconds=max(i["compile_seconds"] for i in infos), n_devices=sum(i["devices"] for i in infos))
     diverged_at = np.concatenate([np.asarray(i["diverged_at"], np.int64) for i in infos])
     wall = sum(sh.wall for sh in group)
     folder = group[0].folder
-    _write_results(sweep, folder, SimpleNamespace(diverged_at=diverged_at), acc, wall)
+    write_results(sweep, folder, SimpleNamespace(diverged_at=diverged_at), acc, wall)
     summary = storage.read_json(folder / storage.SUMMARY)
     summary["executor"] = {"name": "ray", "tasks": len(group), "runs_per_task": [sh.n_runs for sh in group],
                            "task_seconds": wall, "hosts": sorted({i["host"] for i in infos}),

@@ -5,7 +5,8 @@ the step is evaluated with :func:`online_rnn.batching.batch_last` (every fused l
 entries x runs with the runs in the innermost, vectorised stride: 2.5-5x the seed-major ``vmap`` at the paper's
 shapes); single runs, learners with large states (exact RTRL beyond ~20 units) and other backends use
 ``jax.vmap`` (:func:`resolve_layout`). Both evaluate the same unbatched step and agree to float round-off; for a
-given sweep the layout is fixed, so its results are bit for bit the same on any number of devices. The run
+given sweep the layout is fixed, so its results are bit for bit the same on any number of devices. With
+``metric.alignment`` the layout is always ``vmap`` (:func:`alignment_layout`). The run
 axis is split over the host's devices with ``shard_map`` (each device runs its own runs; nothing is
 communicated). Checkpoints store every array run-major whatever the layout.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -27,8 +29,9 @@ from jax.sharding import PartitionSpec as P
 
 from online_rnn import batching
 from online_rnn.experiment.accumulate import Blocks, block_size
-from online_rnn.experiment.runfn import RunCarry, hparams_example, lower_step, run_functions, step_flops
-from online_rnn.experiment.schema import ConfigError, Experiment, LearnerSpec
+from online_rnn.experiment.runfn import (RunCarry, hparams_example, lower_shadow_step, lower_step, run_functions,
+                                         step_flops)
+from online_rnn.experiment.schema import ConfigError, ConfigWarning, Experiment, LearnerSpec
 
 
 
@@ -45,7 +48,8 @@ def compile_key(exp: Experiment, spec: LearnerSpec, n_devices: int, n_padded: in
     key = {
         "env": exp.resolved["env"],
         "objective": exp.resolved["objective"],
-        "metric": {"target": exp.metric["target"], "log": exp.metric["log"]},
+        "metric": {"target": exp.metric["target"], "log": exp.metric["log"],
+                   "alignment": exp.metric.get("alignment")},
         "learner": learner,
         "hparams": spec.hparam_names,
         "block": block_size(spec.steps, spec.bins, spec.window, spec.chunk),
@@ -108,6 +112,16 @@ def resolve_layout(layout: str, n_runs: int = RUN_QUANTUM, state_size: int = 0) 
     return layout
 
 
+def alignment_layout(layout: str) -> str:
+    """With ``metric.alignment`` every sweep runs in the ``vmap`` layout: the shadow (Jacobians of the network
+    step, its measures) is checked against exact RTRL in that layout only, not under the runs-last batching of
+    :mod:`online_rnn.batching`. An explicit ``runs_last`` is replaced by ``vmap`` with a warning."""
+    if layout == "runs_last":
+        warnings.warn(ConfigWarning("layout runs_last: metric.alignment runs in the vmap layout; using vmap"),
+                      stacklevel=3)
+    return "vmap"
+
+
 def compiler_options() -> dict:
     return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
 
@@ -132,6 +146,9 @@ class Group:
         self.n_runs = len(self.grid)
         one_run = jax.eval_shape(self.fns.init, jnp.int32(0), hparams_example(spec))
         self.layout = resolve_layout(layout, n_sweep, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(one_run)))
+        if self.fns.tracker is not None:  # the alignment shadow runs in the vmap layout (see alignment_layout)
+            self.layout = alignment_layout(layout)
+        self.shadow_flops: Optional[float] = None
         self.quantum = RUN_QUANTUM if self.layout == "runs_last" else 1
         self.block = block_size(spec.steps, spec.bins, spec.window, spec.chunk)
         self.n_traces = 0
@@ -179,9 +196,16 @@ class Group:
         ts = t0 + jnp.arange(chunk, dtype=jnp.int32)
         last = jnp.clip(self.spec.steps - 1 - t0, 0, chunk - 1)  # the chunk's last step inside the run
 
-        def sums(err, weight, logs, y, first):  # per-step outputs (chunk, ...) -> block sums, runs first
+        def sums(err, weight, logs, y, *align, first):  # per-step outputs (chunk, ...) -> block sums, runs first
             blocks = lambda x: first(x.reshape((chunk // g, g) + x.shape[1:]).sum(1))  # noqa: E731
-            return Blocks(blocks(err), blocks(weight), blocks(y), blocks(y * y), blocks(logs), first(logs[last]))
+            out = Blocks(blocks(err), blocks(weight), blocks(y), blocks(y * y), blocks(logs), first(logs[last]))
+            if align:  # alignment measures and whether they were taken
+                values, taken = align
+                # squares about 1 (cosines, sign agreements and norm ratios sit near it): a sum of squares about 0
+                # would lose a small spread to round-off
+                out = out._replace(align=blocks(values), align_sq=blocks(taken * (values - 1) ** 2),
+                                   align_n=blocks(taken))
+            return out
 
         if self.layout == "runs_last":
             step = batching.batch_last(self.fns.step, in_axes=(-1, None))
@@ -216,15 +240,18 @@ class Group:
         seed = jax.ShapeDtypeStruct((), jnp.int32)
         hps = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in self.hparams}
         step = lower_step(self.exp, self.spec, self.fns) if flops else None
-        return jax.jit(self.fns.init).lower(seed, hps), chunk.lower(self.abstract_carry(), t0), step
+        shadow = lower_shadow_step(self.exp, self.spec, self.fns) if flops else None
+        return jax.jit(self.fns.init).lower(seed, hps), chunk.lower(self.abstract_carry(), t0), (step, shadow)
 
     def compile(self, lowered: tuple[Any, Any, Any]) -> None:
         start = time.perf_counter()
-        init, chunk, step = lowered
+        init, chunk, (step, shadow) = lowered
         self._init = init.compile()
         self._chunk = chunk.compile(compiler_options=compiler_options())
         if step is not None:
             self.flops, self.flops_lower_bound = step_flops(step)
+        if shadow is not None:
+            self.shadow_flops = step_flops(shadow)[0]
         self.compile_seconds = time.perf_counter() - start
 
     def from_cache(self, flops: bool) -> bool:
@@ -232,13 +259,13 @@ class Group:
         hit = _COMPILED.get(self._key())
         if hit is None or (flops and hit[2] is None):
             return False
-        self._init, self._chunk, self.flops, self.flops_lower_bound = hit
+        self._init, self._chunk, self.flops, self.flops_lower_bound, self.shadow_flops = hit
         return True
 
     def to_cache(self) -> None:
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[self._key()] = (self._init, self._chunk, self.flops, self.flops_lower_bound)
+        _COMPILED[self._key()] = (self._init, self._chunk, self.flops, self.flops_lower_bound, self.shadow_flops)
 
     def _key(self) -> str:
         devices = [d.id for d in self.mesh.devices.flat]  # a compiled sweep runs on the devices it was built for

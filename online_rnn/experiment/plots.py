@@ -5,6 +5,12 @@
 - ``step_size_sensitivity.png``: per learner, the final-window metric against the step size (log axis), mean
   and 95% interval over seeds; with other swept hyperparameters, the best of them at each step size.
 - ``<log>.png`` for each logged stream quantity (e.g. the copy task's ``curriculum_length``).
+- ``error_vs_flops.png``: the learning curves against cumulative compute, XLA's FLOPs of one learner step times the
+  steps taken (log axis), so that learners are compared at equal compute (learners without a FLOP count are left
+  out; the alignment shadow's FLOPs are not counted).
+- ``alignment.png`` (with ``metric.alignment``): per learner, its best setting's binned alignment with the
+  reference gradient (:mod:`online_rnn.alignment`): cosine over all parameters, over the cell's and over the
+  readout's, and the norm ratio, mean over seeds with a 95% band.
 """
 
 from __future__ import annotations
@@ -105,6 +111,9 @@ def plot(folder: str | Path) -> list[Path]:
     ax.grid(alpha=0.3, which="both")
     paths.append(_save(fig, folder / "step_size_sensitivity.png"))
 
+    paths += _flops_plot(plt, learners, colors, name, title, folder)
+    paths += _alignment_plot(plt, learners, colors, title, folder)
+
     # logged stream quantities
     for j, log in enumerate(res.config["metric"].get("log") or []):
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -123,6 +132,73 @@ def plot(folder: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         paths.append(_save(fig, folder / f"{log}.png"))
     return paths
+
+
+def _alive(lr: LearnerResult) -> np.ndarray:
+    best = lr.best()
+    if best is None:
+        return np.zeros(0, int)
+    return best.runs[lr.arrays["diverged_at"][best.runs] < 0]
+
+
+def _flops_plot(plt, learners: list, colors: dict, name: str, title: str, folder: Path) -> list[Path]:
+    """The best setting's learning curve against cumulative FLOPs (FLOPs per learner step x steps)."""
+    drawn = [lr for lr in learners if lr.summary.get("flops_per_step") and _alive(lr).size]
+    if not drawn:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    positive = True
+    for lr in drawn:
+        mean, half = _band(lr.arrays["curve"][_alive(lr)])
+        x = lr.arrays["bin_end"] * float(lr.summary["flops_per_step"])
+        bound = "≥" if lr.summary.get("flops_lower_bound") else ""
+        ax.plot(x, mean, color=colors[lr.label], label=f"{lr.label} ({bound}{lr.summary['flops_per_step']:.3g} FLOPs/step)")
+        ax.fill_between(x, mean - half, mean + half, color=colors[lr.label], alpha=0.2, linewidth=0)
+        positive &= bool(np.nanmin(mean - half) > 0) if np.isfinite(mean).any() else True
+    ax.set_xscale("log")
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("cumulative FLOPs of the learner (XLA cost analysis of one step x steps)")
+    ax.set_ylabel(name)
+    ax.set_title(f"{title}: error against compute (best setting, 95% CI over seeds)", fontsize=10)
+    ax.legend(fontsize=7, ncol=2 if len(drawn) > 8 else 1)
+    ax.grid(alpha=0.3, which="both")
+    return [_save(fig, folder / "error_vs_flops.png")]
+
+
+ALIGNMENT_PANELS = (("cosine", "cosine, all parameters"), ("cosine_cell", "cosine, cell"),
+                    ("cosine_readout", "cosine, readout"), ("norm_ratio", "norm ratio |g| / |g*|, all"))
+
+
+def _alignment_plot(plt, learners: list, colors: dict, title: str, folder: Path) -> list[Path]:
+    """Binned alignment measures of every learner's best setting (mean over seeds, 95% band)."""
+    drawn = [lr for lr in learners if "alignment_cosine" in lr.arrays and _alive(lr).size]
+    if not drawn:
+        return []
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    for ax, (key, label) in zip(axes.flat, ALIGNMENT_PANELS):
+        for lr in drawn:
+            values = lr.arrays.get(f"alignment_{key}")
+            if values is None:
+                continue
+            mean, half = _band(values[_alive(lr)])
+            x = lr.arrays["bin_end"]
+            ax.plot(x, mean, color=colors[lr.label], label=lr.label)
+            ax.fill_between(x, mean - half, mean + half, color=colors[lr.label], alpha=0.2, linewidth=0)
+        if key == "norm_ratio":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-1.05, 1.05)
+            ax.axhline(0.0, color="k", linewidth=0.5)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("step")
+    axes[0, 0].legend(fontsize=7, ncol=2 if len(drawn) > 8 else 1)
+    ref = drawn[0].summary.get("alignment", {}).get("reference_name", "exact")
+    fig.suptitle(f"{title}: alignment with the {ref} reference gradient (best setting, 95% CI over seeds)",
+                 fontsize=10)
+    return [_save(fig, folder / "alignment.png")]
 
 
 def _lr_text(hparams: dict) -> str:

@@ -11,6 +11,10 @@ The metric of a step is the squared error of the prediction to the stream's ``in
 streams), or the learner's loss (``target: loss``, supervised streams), with the step's weight. A run whose
 prediction or error becomes NaN/inf has that step recorded in ``diverged_at`` and, from that step on,
 contributes nothing more (its outputs are masked); its state is left to run on and means nothing.
+
+With ``metric.alignment`` the run also carries a shadow that computes the exact online gradient along the
+learner's trajectory (:mod:`online_rnn.alignment`), and every step outputs the alignment measures with a flag
+saying whether they were taken at that step.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from online_rnn import prng
-from online_rnn.experiment.build import build
+from online_rnn import alignment, prng
+from online_rnn.experiment.build import build, build_objective
 from online_rnn.experiment.schema import ConfigError, Experiment, LearnerSpec
 from online_rnn.objectives import Target
 
@@ -33,14 +37,25 @@ class RunCarry(NamedTuple):
     learner: Any
     env_key: jax.Array
     diverged_at: jax.Array  # int32 step of the first non-finite prediction or error; -1 while finite
+    shadow: Any = ()  # the alignment tracker's state (online_rnn.alignment), () without metric.alignment
 
 
 class RunFunctions(NamedTuple):
     init: Any  # (seed, hparams) -> RunCarry
-    step: Any  # (carry, t) -> (carry, (err, weight, logs, target))
+    step: Any  # (carry, t) -> (carry, (err, weight, logs, target)), + (alignment values, taken) with a tracker
     env: Any
     env_params: Any
     learner: Any
+    tracker: Any = None  # alignment.Tracker with metric.alignment, else None
+
+
+def alignment_tracker(exp: Experiment, learner: Any) -> Optional[alignment.Tracker]:
+    """The alignment tracker of ``metric.alignment`` for ``learner`` (None without it)."""
+    cfg = exp.metric.get("alignment")
+    if not cfg:
+        return None
+    window = cfg["reference"]["bptt_window"] if isinstance(cfg["reference"], dict) else None
+    return alignment.tracker(learner, build_objective(exp.objective), cfg["every"], window)
 
 
 def set_hyperparams(state: Any, **values: Any) -> Any:
@@ -84,6 +99,7 @@ def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
     """The unbatched init and step of one run of ``spec``."""
     env, env_params, learner = build(exp, spec)
     target, logs, steps = exp.metric["target"], exp.metric["log"], spec.steps
+    tracker = alignment_tracker(exp, learner)
 
     def init(seed: jax.Array, hparams: dict) -> RunCarry:
         base = jax.random.PRNGKey(seed)
@@ -91,7 +107,8 @@ def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
         _, env_state = env.reset(env_key, env_params)
         state = learner.init(jax.random.fold_in(base, 1))
         state = set_hyperparams(state, **hparams)
-        return RunCarry(env_state, state, env_key, jnp.asarray(-1, jnp.int32))
+        shadow = tracker.init(state) if tracker is not None else ()
+        return RunCarry(env_state, state, env_key, jnp.asarray(-1, jnp.int32), shadow)
 
     def metric(info_l: Any, info: dict, signal: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(error, weight, target value) of one step; the target value (0 for the loss) gives the baseline."""
@@ -114,7 +131,11 @@ def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
         state = carry.learner
         if "t" in getattr(state, "_fields", ()):
             state = state._replace(t=t.astype(state.t.dtype))
+        pre = state
         state, info_l = learner.step(state, obs, signal)
+        shadow = ()
+        if tracker is not None:
+            shadow, a_values, a_taken, _ = tracker.step(carry.shadow, pre, state, obs, signal, info_l.grads, t)
         env_state = env.feedback(env_state, env_params, info_l.prediction)
         err, weight, y = metric(info_l, info, signal)
         bad = ~(jnp.all(jnp.isfinite(info_l.prediction)) & jnp.isfinite(err))
@@ -129,14 +150,17 @@ def run_functions(exp: Experiment, spec: LearnerSpec) -> RunFunctions:
         # no select over the state: a diverged run keeps stepping (on non-finite numbers) with its outputs
         # masked, which costs nothing extra, where freezing it cost a pass over the whole state every step
         new = RunCarry(env=env_state, learner=state, env_key=carry.env_key,
-                       diverged_at=jnp.where(active & bad, t, carry.diverged_at).astype(jnp.int32))
+                       diverged_at=jnp.where(active & bad, t, carry.diverged_at).astype(jnp.int32), shadow=shadow)
         zero = jnp.zeros_like(err)
         f32 = jnp.float32
         out = (jnp.where(ok, err, zero).astype(f32), jnp.where(ok, weight, zero).astype(f32),
                jnp.where(t < steps, logged, 0.0), jnp.where(ok, y, zero).astype(f32))
+        if tracker is not None:  # the measures in the parameters' dtype (float64 under x64), 0 where not taken
+            taken = a_taken & ok
+            out += (jnp.where(taken, a_values, jnp.zeros_like(a_values)), taken.astype(a_values.dtype))
         return new, out
 
-    return RunFunctions(init, step, env, env_params, learner)
+    return RunFunctions(init, step, env, env_params, learner, tracker)
 
 
 def hparams_example(spec: LearnerSpec) -> dict:
@@ -158,6 +182,21 @@ def lower_step(exp: Experiment, spec: LearnerSpec, fns: Optional[RunFunctions] =
                              fns.env_params)
     )
     return jax.jit(fns.learner.step).lower(state, obs, signal)
+
+
+def lower_shadow_step(exp: Experiment, spec: LearnerSpec, fns: Optional[RunFunctions] = None) -> Any:
+    """The unbatched alignment tracker step of ``spec`` (shadow and measures), lowered; None without
+    ``metric.alignment``. Its FLOPs are the shadow's cost per step, apart from the learner's."""
+    fns = fns or run_functions(exp, spec)
+    if fns.tracker is None:
+        return None
+    state = jax.eval_shape(fns.learner.init, jax.random.PRNGKey(0))
+    obs, _, signal, _ = jax.eval_shape(
+        lambda: fns.env.step(jax.random.PRNGKey(0), fns.env.reset(jax.random.PRNGKey(0), fns.env_params)[1],
+                             fns.env_params)
+    )
+    shadow = jax.eval_shape(fns.tracker.init, state)
+    return jax.jit(fns.tracker.step).lower(shadow, state, state, obs, signal, state.params, jnp.int32(0))
 
 
 def step_flops(lowered_step: Any) -> tuple[Optional[float], bool]:

@@ -217,7 +217,7 @@ def _run_group(group: Group, out: Path, progress: bool, budget: _ChunkBudget, po
             bar.update(n)
     finally:
         bar.close()
-    _write_results(group, folder, carry, acc, wall)
+    write_results(group, folder, carry, acc, wall)
     return True
 
 
@@ -235,7 +235,7 @@ def _progress(group: Group, t: int, wall: float) -> dict:
     }
 
 
-def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulators, wall: float) -> None:
+def write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulators, wall: float) -> None:
     spec, exp = group.spec, group.exp
     diverged_at = np.asarray(jax.device_get(carry.diverged_at))[: group.n_runs].astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -258,6 +258,9 @@ def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulator
                              acc.win_target_sq / weight - (acc.win_target / weight) ** 2, np.nan),
         **{f"hp_{k}": np.array([r[k] for r in group.grid], np.float64) for k in spec.hparam_names},
     }
+    tracker = group.fns.tracker
+    if tracker is not None:  # alignment_* arrays (online_rnn.alignment)
+        arrays.update(acc.alignment(tracker.names, tracker.groups))
     storage.write_npz(folder / storage.RESULTS, arrays)
     summary = {
         "label": spec.label,
@@ -279,6 +282,9 @@ def _write_results(group: Group, folder: Path, carry: RunCarry, acc: Accumulator
         "seed_steps_per_second": group.n_runs * spec.steps / wall if wall > 0 else None,
         "diverged": int((diverged_at >= 0).sum()),
     }
+    if tracker is not None:  # the shadow's cost, apart from the learner's (its time is inside wall_seconds)
+        summary["alignment"] = {**exp.metric["alignment"], "reference_name": tracker.reference.name,
+                                "measures": tracker.names, "shadow_flops_per_step": group.shadow_flops}
     storage.write_json(folder / storage.SUMMARY, summary)
     storage.write_json(folder / storage.PROGRESS, {**_progress(group, spec.steps, wall), "done": True})
     ckpt = folder / storage.CHECKPOINT

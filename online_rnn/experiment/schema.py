@@ -10,6 +10,7 @@ A config names one stream, the learners to compare on it and the sweep::
     chunk: 10000                                     # steps per compiled call (progress, checkpoints)
     budget: 1.0                                      # scales `steps` and every learner argument `steps_per_*`
     metric: {window: 10000, bins: 50, target: trial_return}
+                                                     # optional: alignment: {every: 100} (online_rnn.alignment)
     sweep: {seeds: 3, learning_rate: [0.01, 0.001]}  # seeds x step sizes x objective and optimizer settings
     plugins: [my_module]                             # optional: modules that register learners, streams, ...
     executor: {name: ray, runs_per_task: 64}         # optional: run the sweep's shards as tasks on a Ray cluster
@@ -40,7 +41,9 @@ TOP_KEYS = ("name", "description", "env", "objective", "steps", "chunk", "budget
             "learners", "executor")
 EXECUTORS = ("local", "ray")
 EXECUTOR_KEYS = ("name", "address", "runs_per_task", "cpus_per_task", "gpus_per_task", "retries")
-METRIC_KEYS = ("window", "bins", "target", "log", "best_by")
+METRIC_KEYS = ("window", "bins", "target", "log", "best_by", "alignment")
+ALIGNMENT_KEYS = ("every", "reference")  # metric.alignment: see online_rnn.alignment
+ALIGNMENT_REFERENCES = ("exact", "bptt_window")
 LEARNER_BASE_KEYS = ("name", "label", "cell", "optimizer", "sweep", "steps")
 SUPPLIED = ("cell", "input_size", "output_size", "objective", "optimizer")  # learner arguments the runner gives
 DEFAULT_CHUNK = 10_000

@@ -20,10 +20,11 @@ from typing import Any, Optional
 from online_rnn import cells, envs, learners, objectives, optimizers
 from online_rnn.experiment import build
 from online_rnn.experiment.loading import import_plugins
-from online_rnn.experiment.schema import (DEFAULT_BINS, DEFAULT_CHUNK, DEFAULT_WINDOW_CAP, EXECUTOR_KEYS, EXECUTORS,
-                                          LEARNER_BASE_KEYS, SUPPLIED, TOP_KEYS, ConfigError, Experiment, LearnerSpec,
-                                          as_dict, as_int, as_label, as_name, as_number, as_number_list, as_seeds,
-                                          check_keys, config_hash, fail, in_range, one_line, scaled, show)
+from online_rnn.experiment.schema import (ALIGNMENT_KEYS, ALIGNMENT_REFERENCES, DEFAULT_BINS, DEFAULT_CHUNK,
+                                          DEFAULT_WINDOW_CAP, EXECUTOR_KEYS, EXECUTORS, LEARNER_BASE_KEYS, METRIC_KEYS,
+                                          SUPPLIED, TOP_KEYS, ConfigError, Experiment, LearnerSpec, as_dict, as_int,
+                                          as_label, as_name, as_number, as_number_list, as_seeds, check_keys,
+                                          config_hash, fail, in_range, one_line, scaled, show)
 
 
 def resolve(raw: dict) -> Experiment:
@@ -77,7 +78,7 @@ def resolve(raw: dict) -> Experiment:
 
     # ---- metric
     metric_cfg = as_dict(raw.get("metric"), "metric")
-    check_keys(metric_cfg, ("window", "bins", "target", "log", "best_by"), "metric")
+    check_keys(metric_cfg, METRIC_KEYS, "metric")
     targets = list(env.metric_targets)
     target = as_name(metric_cfg.get("target", targets[0]), "metric.target", targets)
     bins = as_int(metric_cfg.get("bins", DEFAULT_BINS), "metric.bins")
@@ -89,6 +90,10 @@ def resolve(raw: dict) -> Experiment:
         fail("metric.log", f"expected a list of names of the stream's info entries, got {show(logs)}")
     choices = ["error"] + [f"{goal} {log}" for log in logs for goal in ("max", "min")]
     best_by = as_name(metric_cfg.get("best_by", "error"), "metric.best_by", choices)
+    alignment = _alignment(metric_cfg.get("alignment"), objective)
+    if alignment is not None and executor["name"] != "local":
+        fail("metric.alignment", f"not available with the {executor['name']} executor yet: measure alignment in a "
+                                 f"local run (its shadow learner is not carried through a task's shards)")
 
     # ---- learners
     sweep_global = _check_sweep(sweep_raw, "sweep", per_run, None)
@@ -104,6 +109,8 @@ def resolve(raw: dict) -> Experiment:
         specs.append(spec)
 
     metric = {"target": target, "bins": bins, "window": window_cfg, "log": list(logs), "best_by": best_by}
+    if alignment is not None:
+        metric["alignment"] = alignment
     resolved = {"name": name, "env": {"name": env_name, **env_kwargs}, "objective": {"name": obj_name, **obj_kwargs},
                 "steps": steps_raw, "budget": budget, "chunk": chunk, "metric": metric, "sweep": sweep_global,
                 "learners": [_spec_dict(s) for s in specs]}
@@ -147,6 +154,33 @@ def resolve_executor(value: Any) -> dict:
         fail("executor.name", "ray is not installed: pip install 'online_rnn[ray]' (or run without --ray)")
     return {"name": "ray", "address": address, "runs_per_task": runs, "cpus_per_task": cpus,
             "gpus_per_task": gpus, "retries": retries}
+
+
+def _alignment(cfg: Any, objective: Any) -> Optional[dict]:
+    """``metric.alignment``: ``{every: N}`` (exact reference) or ``{every: N, reference: {bptt_window: W}}``;
+    resolved to ``{"every": N, "reference": "exact"}`` or ``{"every": N, "reference": {"bptt_window": W}}``."""
+    if cfg is None or cfg is False:
+        return None
+    path = "metric.alignment"
+    cfg = as_dict(cfg, path, required=True)
+    check_keys(cfg, ALIGNMENT_KEYS, path)
+    if "every" not in cfg:
+        fail(f"{path}.every", "required: measure every N steps, e.g. {every: 100}")
+    every = as_int(cfg["every"], f"{path}.every")
+    reference = cfg.get("reference", "exact")
+    if reference == "exact":
+        return {"every": every, "reference": "exact"}
+    if not isinstance(reference, dict):
+        fail(f"{path}.reference", f"expected exact or {{bptt_window: W}}; allowed: {', '.join(ALIGNMENT_REFERENCES)}, "
+                                  f"got {show(reference)}")
+    check_keys(reference, ALIGNMENT_REFERENCES[1:], f"{path}.reference")
+    if "bptt_window" not in reference:
+        fail(f"{path}.reference", "expected exact or {bptt_window: W}")
+    window = as_int(reference["bptt_window"], f"{path}.reference.bptt_window")
+    if objective.per_step_gradient:
+        fail(f"{path}.reference.bptt_window", f"serves supervised objectives only; {objective.name} needs every "
+                                              f"step's full gradient: use reference: exact")
+    return {"every": every, "reference": {"bptt_window": window}}
 
 
 def _objective_values(obj_kwargs: dict, declared: dict, per_run: dict, env: Any, sweep: dict,

@@ -69,7 +69,21 @@ class Learner(NamedTuple):
     """``init(key) -> state``; ``step(state, x_t, signal_t) -> (state, StepInfo)``. ``n_params`` counts the
     trainable parameters that can affect the prediction (for tables); ``path`` names the credit-assignment
     code that serves this learner (a fast path or the generic one), as listed by ``online-rnn list`` and saved
-    in results summaries."""
+    in results summaries.
+
+    For diagnostics that need the network itself (the exact-gradient shadow of
+    :mod:`online_rnn.alignment`), :func:`build` also records:
+
+    * ``network(state) -> Cell``: the network the learner trains, as one cell whose parameters are
+      ``state.params["cell"]`` and whose carry is ``state.carry``, such that ``network(state).apply(params,
+      state.carry, x_in)`` is this step's forward pass (``x_in`` the input after the learner's input
+      normalisation). A function of the state because some networks change with it (hybrid and constructive
+      networks: which units exist at step ``state.t``, and their per-stage input statistics); for most learners
+      it returns the cell given to :func:`build` whatever the state.
+    * ``options``: the learner's :class:`Options` as :func:`build` applied them (normalisation, readout).
+    * ``cell_parts(cell_params) -> {name: subtree}``: named parts of the cell parameters worth reporting apart
+      (the stages of a hybrid network, the layers of a :func:`~online_rnn.cells.stack`); ``None`` if none.
+    """
 
     init: Callable[[jax.Array], LearnerState]
     step: Callable[[LearnerState, jax.Array, Any], tuple[LearnerState, StepInfo]]
@@ -78,6 +92,9 @@ class Learner(NamedTuple):
     output_size: int
     n_params: int = 0
     path: str = "generic"
+    network: Optional[Callable[[LearnerState], Cell]] = None
+    options: Optional["Options"] = None
+    cell_parts: Optional[Callable[[Params], dict]] = None
 
 
 class Credit(NamedTuple):
@@ -300,11 +317,14 @@ def build(
     optimizer: optax.GradientTransformation,
     options: Optional[Options] = None,
     n_params: Optional[int] = None,
+    network: Optional[Callable[[LearnerState], Cell]] = None,
+    cell_parts: Optional[Callable[[Params], dict]] = None,
 ) -> Learner:
     """Assemble a learner from a credit-assignment rule and the shared readout, objective, optimizer and the
     streaming pieces of :mod:`online_rnn.streaming` (see :class:`Options`). Parameters outside
     ``credit.window`` (and readout weights of inactive features) keep their values and their optimizer state bit
-    for bit."""
+    for bit. ``network`` (default: ``cell`` at every state) and ``cell_parts`` (default: the layers of a
+    :func:`~online_rnn.cells.stack`) are recorded in the :class:`Learner` for diagnostics."""
     check_learner_args(cell, input_size, output_size, objective, optimizer)
     opts = as_options(options)
     in_norm = streaming.as_normalisation(opts.normalise_inputs, "normalise_inputs")
@@ -424,5 +444,9 @@ def build(
     if n_params is None:
         shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
         n_params = param_count(shapes.params) - cells.absent_weights(cell)
+    if network is None:
+        network = lambda state: cell  # noqa: E731
+    if cell_parts is None and cell.layers:
+        cell_parts = lambda p: {f"layer{i}": part for i, part in enumerate(p)}  # noqa: E731
     return Learner(init=init, step=step, name=name, input_size=input_size, output_size=output_size,
-                   n_params=n_params, path=credit.path)
+                   n_params=n_params, path=credit.path, network=network, options=opts, cell_parts=cell_parts)

@@ -172,6 +172,44 @@ def _hybrid_credit(cell: Cell, lay: _Layout, steps_per_stage: int, in_norm: Opti
                   uses_key=inner.uses_key, path=inner.path)
 
 
+def _network_at(cell: Cell, lay: _Layout, steps_per_stage: int, normalised: bool):
+    """The network a hybrid learner trains at a state, as one cell (``Learner.network``): the units of the
+    stages up to the learning one exist (the others keep their initial carry and output 0) and every stage reads
+    its inputs normalised with the statistics of the state's trace (constants within the step, as in the
+    learner's forward pass). Its parameters and carry are the learner's; exact RTRL on it gives the exact
+    gradient of the whole grown network, frozen stages included."""
+    staged = _staged_network(cell, lay)
+    unit_stage = jnp.asarray(lay.unit_stage)
+
+    def network(state: Any) -> Cell:
+        started = unit_stage <= state.t // steps_per_stage
+        trace = state.trace
+
+        def apply(params: Any, carry: Any, x: jax.Array) -> tuple[Any, jax.Array]:
+            raw = _stage_inputs(lay, x, _outputs(cell, carry))
+            u = (raw - trace.input_stats.mean) * trace.input_scale if normalised else raw
+            new_carry, h_units = jax.vmap(cell.apply)(params, carry, u[lay.unit_stage])
+            carry_t = jax.tree.map(
+                lambda new, old: jnp.where(started.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), new_carry,
+                carry)
+            return carry_t, (h_units * started[:, None]).reshape(-1)
+
+        return staged._replace(apply=apply)
+
+    return network
+
+
+def _stage_parts(lay: _Layout):
+    """``Learner.cell_parts`` of a hybrid network: each stage's units."""
+    ups = lay.units_per_stage
+
+    def parts(cell_params: Any) -> dict:
+        return {f"stage{s}": jax.tree.map(lambda a: a[s * ups:(s + 1) * ups], cell_params)
+                for s in range(lay.n_stages)}
+
+    return parts
+
+
 def _effective_params(cell: Cell, lay: _Layout, output_size: int, readout: str) -> int:
     """Parameters that can affect the prediction: a unit of stage s has a column's parameters for an input of
     ``input_size + (features of stages < s)``; plus the readout."""
@@ -219,7 +257,8 @@ def hybrid(
     credit = _hybrid_credit(cell, lay, steps_per_stage, in_norm, use_fast)
     # input normalisation is the credit rule's (per stage), not build's
     return build(name, _staged_network(cell, lay), credit, input_size, output_size, objective, optimizer,
-                 opts._replace(normalise_inputs=None), _effective_params(cell, lay, output_size, opts.readout))
+                 opts._replace(normalise_inputs=None), _effective_params(cell, lay, output_size, opts.readout),
+                 network=_network_at(cell, lay, steps_per_stage, in_norm is not None), cell_parts=_stage_parts(lay))
 
 
 def constructive(

@@ -5,7 +5,8 @@
     online-rnn run CONFIG [key=value ...] [--out DIR]   run or resume a config (default out: results/<name>)
     online-rnn run CONFIG --ray [ADDRESS]                the same on a Ray cluster (same results folder, same bits)
     online-rnn compare DIR [DIR ...]                     markdown table per benchmark (also DIR/comparison.md)
-    online-rnn plot DIR                                  learning curves and step-size sensitivity (PNG)
+    online-rnn plot DIR                                  learning curves, step-size sensitivity, error against FLOPs,
+                                                         alignment curves when measured (PNG)
     online-rnn list                                      learners, cells, streams, objectives, optimizers, configs
 
 CONFIG is a YAML path or the name of a config in ./configs or among the configs shipped with the package

@@ -32,6 +32,13 @@ def _pyplot():
     return plt
 
 
+def _band_line(ax, x, mean, half, color, label: str) -> bool:
+    """A mean curve with its 95% band; whether the band stays above zero (a log axis then fits)."""
+    ax.plot(x, mean, color=color, label=label)
+    ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, linewidth=0)
+    return bool(np.nanmin(mean - half) > 0) if np.isfinite(mean).any() else True
+
+
 def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and 95% half-width over rows, ignoring NaNs."""
     mean = np.full(values.shape[1], np.nan)
@@ -80,9 +87,7 @@ def plot(folder: str | Path) -> list[Path]:
         mean, half = _band(lr.arrays["curve"][alive])
         x = lr.arrays["bin_end"]
         shown = {k: v for k, v in best.hparams.items() if k in lr.swept()}
-        ax.plot(x, mean, color=colors[lr.label], label=f"{lr.label} ({_lr_text(shown)})")
-        ax.fill_between(x, mean - half, mean + half, color=colors[lr.label], alpha=0.2, linewidth=0)
-        positive &= bool(np.nanmin(mean - half) > 0) if np.isfinite(mean).any() else True
+        positive &= _band_line(ax, x, mean, half, colors[lr.label], f"{lr.label} ({_lr_text(shown)})")
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -152,9 +157,8 @@ def _flops_plot(plt, learners: list, colors: dict, name: str, title: str, folder
         mean, half = _band(lr.arrays["curve"][_alive(lr)])
         x = lr.arrays["bin_end"] * float(lr.summary["flops_per_step"])
         bound = "≥" if lr.summary.get("flops_lower_bound") else ""
-        ax.plot(x, mean, color=colors[lr.label], label=f"{lr.label} ({bound}{lr.summary['flops_per_step']:.3g} FLOPs/step)")
-        ax.fill_between(x, mean - half, mean + half, color=colors[lr.label], alpha=0.2, linewidth=0)
-        positive &= bool(np.nanmin(mean - half) > 0) if np.isfinite(mean).any() else True
+        label = f"{lr.label} ({bound}{lr.summary['flops_per_step']:.3g} FLOPs/step)"
+        positive &= _band_line(ax, x, mean, half, colors[lr.label], label)
     ax.set_xscale("log")
     if positive:
         ax.set_yscale("log")

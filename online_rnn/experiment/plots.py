@@ -39,6 +39,16 @@ def _band_line(ax, x, mean, half, color, label: str) -> bool:
     return bool(np.nanmin(mean - half) > 0) if np.isfinite(mean).any() else True
 
 
+def _finish(ax, log_y: bool, xlabel: str, ylabel: str, title: str, n_curves: int) -> None:
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2 if n_curves > 8 else 1)
+    ax.grid(alpha=0.3, which="both")
+
+
 def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and 95% half-width over rows, ignoring NaNs."""
     mean = np.full(values.shape[1], np.nan)
@@ -88,13 +98,7 @@ def plot(folder: str | Path) -> list[Path]:
         x = lr.arrays["bin_end"]
         shown = {k: v for k, v in best.hparams.items() if k in lr.swept()}
         positive &= _band_line(ax, x, mean, half, colors[lr.label], f"{lr.label} ({_lr_text(shown)})")
-    if positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(name)
-    ax.set_title(f"{title}: learning curves (best setting, 95% CI over seeds)", fontsize=10)
-    ax.legend(fontsize=7, ncol=2 if len(learners) > 8 else 1)
-    ax.grid(alpha=0.3)
+    _finish(ax, positive, "step", name, f"{title}: learning curves (best setting, 95% CI over seeds)", len(learners))
     paths.append(_save(fig, folder / "learning_curves.png"))
 
     # step-size sensitivity
@@ -160,13 +164,8 @@ def _flops_plot(plt, learners: list, colors: dict, name: str, title: str, folder
         label = f"{lr.label} ({bound}{lr.summary['flops_per_step']:.3g} FLOPs/step)"
         positive &= _band_line(ax, x, mean, half, colors[lr.label], label)
     ax.set_xscale("log")
-    if positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("cumulative FLOPs of the learner (XLA cost analysis of one step x steps)")
-    ax.set_ylabel(name)
-    ax.set_title(f"{title}: error against compute (best setting, 95% CI over seeds)", fontsize=10)
-    ax.legend(fontsize=7, ncol=2 if len(drawn) > 8 else 1)
-    ax.grid(alpha=0.3, which="both")
+    _finish(ax, positive, "cumulative FLOPs of the learner (XLA cost analysis of one step x steps)", name,
+            f"{title}: error against compute (best setting, 95% CI over seeds)", len(drawn))
     return [_save(fig, folder / "error_vs_flops.png")]
 
 

@@ -144,9 +144,16 @@ def test_find_config_by_name():
 def test_the_wheel_ships_the_configs_and_finds_them_in_any_folder(tmp_path):
     """``online-rnn run demo`` from an installed wheel: the configs are package data (online_rnn/configs), found
     by name from a folder that has none."""
+    import shutil
+
     root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"  # a copy: building in the checkout would leave a build/ folder there
+    for name in ("online_rnn", "configs"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(tmp_path / "wheel"), str(root)], check=True, capture_output=True)
+                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheel").glob("online_rnn-*.whl")
     import zipfile
 

@@ -36,47 +36,41 @@ EPS = 1e-7
 
 
 class UOROTrace(NamedTuple):
-    s_tilde: Any  # like the carry
-    theta_tilde: Any  # like the cell parameters
-
-
-def _norm(tree: Any) -> jax.Array:
-    """Euclidean norm over every leaf of a real pytree."""
-    return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(tree)))
-
-
-def _dot(a: Any, b: Any) -> jax.Array:
-    return sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    s_tilde: jax.Array  # (|s|,)
+    theta_tilde: jax.Array  # (|theta|,)
 
 
 def uoro_credit(cell: Cell, eps: float = EPS) -> Credit:
-    """UORO as a :class:`Credit` rule. ``s~`` and ``theta~`` keep the trees of the carry and of the cell
-    parameters (no flattening: with the runs last, the concatenations and the pads of their transposes cost
-    several times the rule's arithmetic)."""
-
     def init(cell_params, carry, readout_params) -> UOROTrace:
-        return UOROTrace(jax.tree.map(jnp.zeros_like, carry), jax.tree.map(jnp.zeros_like, cell_params))
+        s, _ = ravel_pytree(carry)
+        theta, _ = ravel_pytree(cell_params)
+        return UOROTrace(jnp.zeros_like(s), jnp.zeros_like(theta))
 
     def forward(cell_params, carry, trace: UOROTrace, x_t, key, t):
-        (carry_t, h_t), f_vjp = jax.vjp(lambda p, c: cell.apply(p, c, x_t), cell_params, carry)
-        # everything that does not need the error: the rank-one update of the influence estimate.
-        # Random signs from the unrolled Threefry of online_rnn.prng (jax.random's is a rolled loop on the CPU),
-        # one per carry entry in the order of the flattened carry
-        flat, unravel = ravel_pytree(carry_t)
-        nu = unravel(prng.signs(key, flat.shape[0], flat.dtype))
-        _, (a_s, _) = jax.jvp(lambda c: cell.apply(cell_params, c, x_t), (carry,), (trace.s_tilde,))
+        theta, unravel_theta = ravel_pytree(cell_params)
+        s, unravel_s = ravel_pytree(carry)
+
+        def f(theta, s):
+            carry_t, h_t = cell.apply(unravel_theta(theta), unravel_s(s), x_t)
+            return ravel_pytree(carry_t)[0], h_t
+
+        (s_t, h_t), f_vjp = jax.vjp(f, theta, s)
+        # everything that does not need the error: the rank-one update of the influence estimate
+        # random signs from the unrolled Threefry of online_rnn.prng (jax.random's is a rolled loop on the CPU)
+        nu = prng.signs(key, s_t.shape[0], s_t.dtype)
+        _, (a_s, _) = jax.jvp(lambda s_: f(theta, s_), (s,), (trace.s_tilde,))
         nu_d, _ = f_vjp((nu, jnp.zeros_like(h_t)))
-        rho0 = jnp.sqrt((_norm(trace.theta_tilde) + eps) / (_norm(a_s) + eps))
-        rho1 = jnp.sqrt((_norm(nu_d) + eps) / (_norm(nu) + eps))
-        new = UOROTrace(jax.tree.map(lambda a, n: rho0 * a + rho1 * n, a_s, nu),
-                        jax.tree.map(lambda th, d: th / rho0 + d / rho1, trace.theta_tilde, nu_d))
-        return carry_t, h_t, (f_vjp, trace, new)
+        rho0 = jnp.sqrt((jnp.linalg.norm(trace.theta_tilde) + eps) / (jnp.linalg.norm(a_s) + eps))
+        rho1 = jnp.sqrt((jnp.linalg.norm(nu_d) + eps) / (jnp.linalg.norm(nu) + eps))
+        new = UOROTrace(rho0 * a_s + rho1 * nu, trace.theta_tilde / rho0 + nu_d / rho1)
+        return unravel_s(s_t), h_t, (cell_params, f_vjp, trace, new)
 
     def backward(residuals, dh):
-        f_vjp, trace, new = residuals
-        g_theta, g_s = f_vjp((jax.tree.map(jnp.zeros_like, trace.s_tilde), dh))
-        coef = _dot(g_s, trace.s_tilde)
-        return jax.tree.map(lambda g, th: g + coef * th, g_theta, trace.theta_tilde), new
+        cell_params, f_vjp, trace, new = residuals
+        g_theta, g_s = f_vjp((jnp.zeros_like(trace.s_tilde), dh))
+        grad = g_theta + jnp.dot(g_s, trace.s_tilde) * trace.theta_tilde
+        _, unravel_theta = ravel_pytree(cell_params)
+        return unravel_theta(grad), new
 
     return Credit(init, forward, backward, uses_key=True, path="generic: jax.jvp / jax.vjp of the cell step")
 

@@ -180,13 +180,8 @@ def _gated(name: str, n: int, n_gates: int, init: Callable, initial_carry: Calla
     return Cell(init, initial_carry, apply, n, n_gates, name, unit_apply, unit_output, pointwise)
 
 
-def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
-    """Elman (vanilla) RNN: ``h_t = tanh(W_x x_t + W_h h_{t-1} + b)``.
-
-    Initialisation: input weights ~ U(-1/sqrt(input_size), 1/sqrt(input_size)); recurrent weights orthogonal;
-    bias 0. With ``init_range=a`` every parameter is drawn from U(-a, a) instead.
-    """
-    n = checks.positive_int("hidden_size", hidden_size)
+def _elman_init(n: int, init_range: Optional[float]) -> tuple[Callable, Callable]:
+    """``init`` and ``initial_carry`` shared by :func:`elman` and :func:`leaky_elman`."""
     _check_range(init_range)
 
     def init(key: jax.Array, input_size: int) -> ElmanParams:
@@ -196,6 +191,18 @@ def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
 
     def initial_carry(params: ElmanParams) -> jax.Array:
         return jnp.zeros((n,), params.b.dtype)
+
+    return init, initial_carry
+
+
+def elman(hidden_size: int, init_range: Optional[float] = None) -> Cell:
+    """Elman (vanilla) RNN: ``h_t = tanh(W_x x_t + W_h h_{t-1} + b)``.
+
+    Initialisation: input weights ~ U(-1/sqrt(input_size), 1/sqrt(input_size)); recurrent weights orthogonal;
+    bias 0. With ``init_range=a`` every parameter is drawn from U(-a, a) instead.
+    """
+    n = checks.positive_int("hidden_size", hidden_size)
+    init, initial_carry = _elman_init(n, init_range)
 
     def pointwise(p: ElmanParams, zx: jax.Array, zh: jax.Array, h_i: jax.Array) -> jax.Array:
         return jnp.tanh(zx[0] + zh[0])
@@ -213,18 +220,10 @@ def leaky_elman(hidden_size: int, tau: float, init_range: Optional[float] = None
     ``tau >= 1``; ``tau = 1`` is :func:`elman`. Parameters and initialisation as :func:`elman` (``ElmanParams``).
     """
     n = checks.positive_int("hidden_size", hidden_size)
-    _check_range(init_range)
+    init, initial_carry = _elman_init(n, init_range)
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 1:
         raise ValueError(f"tau must be a number >= 1 (the time constant in steps), got {tau!r}")
     alpha = 1.0 / float(tau)
-
-    def init(key: jax.Array, input_size: int) -> ElmanParams:
-        checks.positive_int("input_size", input_size)
-        w_x, w_h, b = _init_weights(key, n, 1, input_size, init_range)
-        return ElmanParams(w_x=w_x, w_h=w_h, b=b)
-
-    def initial_carry(params: ElmanParams) -> jax.Array:
-        return jnp.zeros((n,), params.b.dtype)
 
     def pointwise(p: ElmanParams, zx: jax.Array, zh: jax.Array, h_i: jax.Array) -> jax.Array:
         return (1.0 - alpha) * h_i + alpha * jnp.tanh(zx[0] + zh[0])

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import contextlib
 import socket
 import sys
 import time
@@ -348,15 +349,11 @@ def _drive(ray: Any, exp: Experiment, shards: dict, layout: str, plugins: tuple,
                     return
     finally:
         for sh in running:  # stopped early, interrupted, or failed: the others stop too (their chunks are saved)
-            try:
+            with contextlib.suppress(Exception):  # already finished or lost
                 ray.cancel(sh.gen, force=True)
-            except Exception:  # noqa: BLE001  (already finished or lost)
-                pass
         for sh in running:  # read the error each cancelled task ends with, or Ray reports it as unhandled
-            try:
+            with contextlib.suppress(Exception):  # the cancellation itself, expected
                 ray.get(sh.gen.completed(), timeout=10)
-            except Exception:  # noqa: BLE001
-                pass
         show.close()
     report.complete = all(sh.done for group in shards.values() for sh in group)
 

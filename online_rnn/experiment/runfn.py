@@ -176,12 +176,18 @@ def check_step(exp: Experiment, spec: LearnerSpec) -> None:
 def lower_step(exp: Experiment, spec: LearnerSpec, fns: Optional[RunFunctions] = None) -> Any:
     """The unbatched ``learner.step`` of ``spec``, lowered (abstract inputs; compile it for its cost)."""
     fns = fns or run_functions(exp, spec)
+    state, obs, signal = abstract_step_inputs(fns)
+    return jax.jit(fns.learner.step).lower(state, obs, signal)
+
+
+def abstract_step_inputs(fns: RunFunctions) -> tuple[Any, Any, Any]:
+    """Shapes and dtypes of a learner state and of one step's observation and signal (nothing runs)."""
     state = jax.eval_shape(fns.learner.init, jax.random.PRNGKey(0))
     obs, _, signal, _ = jax.eval_shape(
         lambda: fns.env.step(jax.random.PRNGKey(0), fns.env.reset(jax.random.PRNGKey(0), fns.env_params)[1],
                              fns.env_params)
     )
-    return jax.jit(fns.learner.step).lower(state, obs, signal)
+    return state, obs, signal
 
 
 def lower_shadow_step(exp: Experiment, spec: LearnerSpec, fns: Optional[RunFunctions] = None) -> Any:
@@ -190,11 +196,7 @@ def lower_shadow_step(exp: Experiment, spec: LearnerSpec, fns: Optional[RunFunct
     fns = fns or run_functions(exp, spec)
     if fns.tracker is None:
         return None
-    state = jax.eval_shape(fns.learner.init, jax.random.PRNGKey(0))
-    obs, _, signal, _ = jax.eval_shape(
-        lambda: fns.env.step(jax.random.PRNGKey(0), fns.env.reset(jax.random.PRNGKey(0), fns.env_params)[1],
-                             fns.env_params)
-    )
+    state, obs, signal = abstract_step_inputs(fns)
     shadow = jax.eval_shape(fns.tracker.init, state)
     return jax.jit(fns.tracker.step).lower(shadow, state, state, obs, signal, state.params, jnp.int32(0))
 

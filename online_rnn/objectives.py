@@ -12,7 +12,9 @@ can serve every objective:
 
 Signals. A supervised signal is the target array of shape ``(output_size,)`` or a :class:`Target`
 ``(value, weight)``; the loss is multiplied by ``weight`` (e.g. 0 on steps with nothing to predict). The TD
-signal is the cumulant ``c_t`` that arrived with ``x_t`` (a scalar or shape ``(1,)``).
+signal is the cumulant ``c_t`` that arrived with ``x_t`` (a scalar or shape ``(1,)``), discounted by the
+objective's ``gamma``; or a :class:`Cumulant` ``(value, discount)`` from a stream whose discount changes from
+step to step (episodes that end: ``discount`` is 0 on the step a new episode starts).
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ class Target(NamedTuple):
 
     value: jax.Array
     weight: jax.Array
+
+
+class Cumulant(NamedTuple):
+    """A prediction stream's signal with its own discount: the cumulant ``c_t`` that arrived with ``x_t`` and
+    the discount ``gamma_t`` of that step, so that the return is ``G_t = c_{t+1} + gamma_{t+1} G_{t+1}``
+    (``gamma_t = 0`` on the first step of an episode cuts the return there)."""
+
+    value: jax.Array
+    discount: jax.Array
 
 
 class Objective(NamedTuple):
@@ -131,11 +142,17 @@ def td_lambda(gamma: float, lam: float) -> Objective:
     """Online TD(lambda) prediction of the discounted sum of a cumulant, as in the paper.
 
     With ``v_t = readout(h_t)`` (``output_size`` 1) and the cumulant ``c_t`` that arrives with ``x_t``, the step
-    at time ``t`` computes ``delta_{t-1} = c_t + gamma v_t - v_{t-1}`` and follows
+    at time ``t`` computes ``delta_{t-1} = c_t + gamma_t v_t - v_{t-1}`` and follows
     ``grads = -delta_{t-1} e_{t-1}`` (a descent direction, so SGD moves along ``+delta e``), then updates the
-    trace ``e_t = gamma lam e_{t-1} + grad v_t``, where ``grad v_t`` is the learner's gradient estimate of
+    trace ``e_t = gamma_t lam e_{t-1} + grad v_t``, where ``grad v_t`` is the learner's gradient estimate of
     ``v_t``. ``loss`` is ``0.5 delta^2`` (0 on the first step). ``gamma`` and ``lam`` live in the objective
     state, so a sweep can set them per run.
+
+    ``gamma_t`` is the state's ``gamma`` when the signal is a plain cumulant, and the signal's own discount when
+    it is a :class:`Cumulant` (a stream whose episodes end: ``gamma_t = 0`` on an episode's first step makes
+    ``delta`` there ``c_t - v_{t-1}``, the last prediction's whole return, and restarts the trace; Sutton &
+    Barto 2018, section 12.8, and White 2017, "Unifying task specification in reinforcement learning", for
+    per-step discounts).
     """
 
     gamma = TD_HYPERPARAMS["gamma"].check("td_lambda: gamma", gamma)
@@ -156,12 +173,16 @@ def td_lambda(gamma: float, lam: float) -> Objective:
         return jnp.ones_like(y)
 
     def update(state: TDState, y: jax.Array, signal: Any, grad_v: Any) -> tuple[Any, jax.Array, TDState]:
-        c_t = jnp.reshape(jnp.asarray(signal, y.dtype), ())
+        if isinstance(signal, Cumulant):
+            c_t = jnp.reshape(jnp.asarray(signal.value, y.dtype), ())
+            gamma_t = jnp.reshape(jnp.asarray(signal.discount, y.dtype), ())
+        else:
+            c_t, gamma_t = jnp.reshape(jnp.asarray(signal, y.dtype), ()), state.gamma
         v_t = y[0]
-        delta = c_t + state.gamma * v_t - state.v_tm1
+        delta = c_t + gamma_t * v_t - state.v_tm1
         delta = jnp.where(state.started, delta, 0.0)
         grads = jax.tree.map(lambda e: -delta * e, state.trace)
-        decay = state.gamma * state.lam
+        decay = gamma_t * state.lam
         trace = jax.tree.map(lambda e, g: decay * e + g, state.trace, grad_v)
         new_state = TDState(state.gamma, state.lam, v_t, trace, jnp.ones((), bool))
         return grads, 0.5 * delta**2, new_state
@@ -171,9 +192,15 @@ def td_lambda(gamma: float, lam: float) -> Objective:
             raise ValueError(f"output_size must be 1 for td_lambda (one prediction v_t), got {output_size}")
 
     def check_signal(signal: Any, output_size: int) -> None:
+        if isinstance(signal, Cumulant):
+            if jnp.size(jnp.asarray(signal.value)) != 1 or jnp.size(jnp.asarray(signal.discount)) != 1:
+                raise ValueError(f"td_lambda: a Cumulant signal holds a scalar value and discount, got shapes "
+                                 f"{jnp.shape(signal.value)} and {jnp.shape(signal.discount)}")
+            return
         if isinstance(signal, Target) or jnp.size(jnp.asarray(signal)) != 1:
             raise ValueError(
-                f"td_lambda: signal_t must be the scalar cumulant c_t (shape () or (1,)), got {jnp.shape(signal)}"
+                f"td_lambda: signal_t must be the scalar cumulant c_t (shape () or (1,)) or an objectives.Cumulant, "
+                f"got {jnp.shape(signal)}"
             )
 
     return Objective(init, cotangent, update, check, check_signal, True, "td_lambda", kind="prediction",

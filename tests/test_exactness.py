@@ -179,6 +179,36 @@ def test_td_lambda_objective_equals_offline_lambda_return_linear(x64, lam):
     np.testing.assert_allclose(total, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_td_lambda_with_per_step_discounts_equals_offline_lambda_return(x64):
+    """A Cumulant signal with its own discount per step (0 where an episode starts): the summed online updates
+    equal the offline lambda-return updates with G_j = c_{j+1} + gamma_{j+1}((1-lam) v_{j+1} + lam G_{j+1})
+    (Sutton & Barto 2018, section 12.8); a Cumulant whose discount is the objective's gamma at every step gives
+    the plain signal's updates bit for bit."""
+    gamma, lam, n, d = 0.9, 0.8, 30, 4
+    phi = jax.random.normal(jax.random.PRNGKey(0), (n + 1, d))
+    c = jax.random.normal(jax.random.PRNGKey(1), (n + 1,))
+    w = jax.random.normal(jax.random.PRNGKey(2), (d,))
+    discount = jnp.where(jnp.arange(n + 1) % 7 == 3, 0.0, gamma)  # episodes start at steps 3, 10, 17, 24
+    obj = objectives.td_lambda(gamma, lam)
+
+    def run(signals):
+        state, total, out = obj.init(w), jnp.zeros(d), []
+        for t in range(n + 1):
+            grads, _, state = obj.update(state, jnp.array([phi[t] @ w]), signals(t), phi[t])
+            total, out = total + grads, out + [grads]
+        return total, jnp.stack(out)
+
+    total, _ = run(lambda t: objectives.Cumulant(c[t], discount[t]))
+    values, g, expected = phi @ w, (phi @ w)[n], jnp.zeros(d)
+    for j in range(n - 1, -1, -1):
+        g = c[j + 1] + discount[j + 1] * ((1 - lam) * values[j + 1] + lam * g)
+        expected = expected - (g - values[j]) * phi[j]
+    np.testing.assert_allclose(total, expected, rtol=1e-12, atol=1e-12)
+    _, constant = run(lambda t: objectives.Cumulant(c[t], jnp.asarray(gamma)))
+    _, plain = run(lambda t: c[t])
+    assert np.array_equal(np.asarray(constant), np.asarray(plain))
+
+
 def test_td_lambda_rtrl_equals_offline_lambda_return_recurrent(x64):
     """The same identity through a recurrent learner: RTRL's grad v_t is exact, so with a zero step size the
     sum of info.grads equals the offline lambda-return update with grad v_j from jax.grad of the unrolled net."""
